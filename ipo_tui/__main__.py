@@ -1,0 +1,3 @@
+from ipo_tui.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""The one interface every engine implements.
+
+Scoring takes token ids as a shared prefix plus one suffix per candidate, so an engine computes
+the prefix's KV cache once; generation takes chat messages and sampling settings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ipo_tui.models import ModelRef
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    backend: str
+    device: str
+    dtype: str
+    threads: int | None
+    context_length: int
+    can_train: bool
+    supports_lora: bool
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 256
+    seed: int = 0
+
+
+class Backend(ABC):
+    ref: ModelRef  # which weights
+    capabilities: Capabilities
+
+    @abstractmethod
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied to `messages`, ending with the assistant's turn."""
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of text that already holds its special tokens (no BOS is added)."""
+
+    @abstractmethod
+    def detokenize(self, ids: list[int]) -> str: ...
+
+    @abstractmethod
+    def last_logprobs(self, prefix: list[int], suffixes: list[list[int]], ids: list[int]) -> np.ndarray:
+        """For each suffix, the full-vocabulary log-softmax of the next token after prefix+suffix,
+        taken at `ids`: an array of shape (len(suffixes), len(ids))."""
+
+    @abstractmethod
+    def generate(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
+        """`sampling.n` completions of the assistant's turn."""
+
+    def close(self) -> None:
+        """Free the engine's memory; the backend is unusable afterwards."""
+
+
+def split_common_prefix(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """The longest prefix all sequences share, and what is left of each (never empty)."""
+    shortest = min(len(s) for s in seqs)
+    n = 0
+    while n < shortest - 1 and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return list(seqs[0][:n]), [list(s[n:]) for s in seqs]
+
+
+def plain_chat(messages: list[dict[str, str]]) -> str:
+    """A neutral rendering for models without a chat template (base models)."""
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join(lines) + "\n\nAssistant:"

@@ -1,0 +1,139 @@
+"""p'yes scoring: evaluation templates rendered to token ids, Yes/No variant ids, Judgements.
+
+p'yes = p(Yes) / (p(Yes) + p(No)) = sigmoid(z_yes - z_no), read from the next-token distribution
+after the evaluation prompt, where p(Yes) sums the probabilities of every single-token spelling of
+"Yes" (likewise "No"). One forward pass per candidate, no generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ipo_tui.backends.base import Backend, split_common_prefix
+from ipo_tui.categories import route
+from ipo_tui.errors import IpoError
+from ipo_tui.prompts import Template, templates as load_templates
+
+YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
+NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
+DEFAULT_MIN_MASS = 0.01  # the embedded 135M model gives 0.06-0.2 on ordinary prompts
+_CUT_MARK = "[...] "
+_TAIL_MIN = 32  # tokens of the response always kept when the instruction itself must be cut
+
+
+@dataclass(frozen=True)
+class Judgement:
+    response: str
+    p_yes: float
+    logit_margin: float  # z_yes - z_no (log-sum-exp over the variant ids); p_yes = sigmoid of it
+    mass: float  # p(Yes) + p(No) over the full vocabulary
+    category: str
+    template: str
+    low_mass: bool
+    truncated: str | None = None  # what was cut to fit the context, if anything
+
+    def as_dict(self) -> dict:
+        return {
+            "response": self.response, "p_yes": self.p_yes, "logit_margin": self.logit_margin,
+            "mass": self.mass, "category": self.category, "template": self.template,
+            "low_mass": self.low_mass, "truncated": self.truncated,
+        }
+
+
+def variant_ids(backend: Backend, variants: tuple[str, ...]) -> list[int]:
+    """The ids of the spellings that are one token in this vocabulary, each once."""
+    ids: list[int] = []
+    for text in variants:
+        tokens = backend.tokenize(text)
+        if len(tokens) == 1 and tokens[0] not in ids:
+            ids.append(tokens[0])
+    return ids
+
+
+class Judge:
+    def __init__(self, backend: Backend, config: dict | None = None):
+        self.backend = backend
+        self.templates = load_templates(config)
+        judge_cfg = (config or {}).get("judge") or {}
+        self.min_mass = float(judge_cfg.get("min_mass", DEFAULT_MIN_MASS))
+        self.category_templates: dict[str, str] = dict(judge_cfg.get("best_templates") or {})
+        self.yes_ids = variant_ids(backend, YES_VARIANTS)
+        self.no_ids = variant_ids(backend, NO_VARIANTS)
+        if not self.yes_ids or not self.no_ids:
+            raise IpoError("this model's vocabulary has no single token for Yes or No; it cannot be used as a judge")
+
+    def template_for(self, category: str) -> Template:
+        name = self.category_templates.get(category, category)
+        if name not in self.templates:
+            known = ", ".join(sorted(self.templates))
+            raise IpoError(f"unknown category or template {name!r}: choose one of {known}")
+        return self.templates[name]
+
+    def render(self, template: Template, instruction: str, response: str) -> tuple[list[int], str | None]:
+        """Token ids of the evaluation prompt, cut to the context if needed, and a note of the cut.
+
+        The instruction is kept whole when it can be, and the response keeps its end (where final
+        answers and conclusions sit); what goes is the start of the response, then the middle of
+        the instruction.
+        """
+        limit = self.backend.capabilities.context_length
+        ids = self.backend.tokenize(self.backend.render_chat(template.messages(instruction, response)))
+        if len(ids) <= limit:
+            return ids, None
+        resp_ids = self.backend.tokenize(response)
+        overflow = len(ids) - limit + len(self.backend.tokenize(_CUT_MARK)) + 2
+        keep_resp = len(resp_ids) - overflow
+        notes = []
+        if keep_resp < _TAIL_MIN:
+            keep_resp = min(len(resp_ids), _TAIL_MIN)
+            inst_ids = self.backend.tokenize(instruction)
+            cut = overflow - (len(resp_ids) - keep_resp)
+            keep_inst = len(inst_ids) - cut
+            if keep_inst < 16:
+                raise IpoError(f"the evaluation prompt cannot fit the context of {limit} tokens; use a model with a longer context")
+            head = keep_inst // 2
+            instruction = (self.backend.detokenize(inst_ids[:head]) + " " + _CUT_MARK
+                           + self.backend.detokenize(inst_ids[len(inst_ids) - (keep_inst - head):]))
+            notes.append(f"instruction cut in the middle to {keep_inst} of {len(inst_ids)} tokens")
+        if keep_resp < len(resp_ids):
+            response = _CUT_MARK + self.backend.detokenize(resp_ids[len(resp_ids) - keep_resp:])
+            notes.append(f"response cut to its last {keep_resp} of {len(resp_ids)} tokens")
+        ids = self.backend.tokenize(self.backend.render_chat(template.messages(instruction, response)))
+        if len(ids) > limit:  # re-tokenizing at the cut can merge differently; drop the excess
+            ids = ids[len(ids) - limit:]
+        return ids, f"{'; '.join(notes)} to fit the context of {limit} tokens"
+
+    def score(self, instruction: str, responses: list[str], category: str | None = None) -> list[Judgement]:
+        """Judge each response to one instruction; all share the prompt's prefix in the KV cache."""
+        if not instruction.strip():
+            raise IpoError("the instruction is empty: give the prompt the responses answer")
+        for i, response in enumerate(responses, 1):
+            if not response.strip():
+                raise IpoError(f"response {i} is empty: give each candidate some text")
+        category = category or route(instruction)
+        template = self.template_for(category)
+        rendered = [self.render(template, instruction, r) for r in responses]
+        margin, mass = self.score_tokens([ids for ids, _ in rendered])
+        return [
+            Judgement(
+                response=r, p_yes=_sigmoid(m), logit_margin=float(m), mass=float(ms), category=category,
+                template=template.name, low_mass=bool(ms < self.min_mass), truncated=note,
+            )
+            for r, (_, note), m, ms in zip(responses, rendered, margin, mass)
+        ]
+
+    def score_tokens(self, token_lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(z_yes - z_no, p(Yes) + p(No)) for fully rendered evaluation prompts."""
+        prefix, suffixes = split_common_prefix(token_lists)
+        lp = self.backend.last_logprobs(prefix, suffixes, self.yes_ids + self.no_ids).astype(np.float64)
+        n_yes = len(self.yes_ids)
+        lp_yes = np.logaddexp.reduce(lp[:, :n_yes], axis=1)
+        lp_no = np.logaddexp.reduce(lp[:, n_yes:], axis=1)
+        return lp_yes - lp_no, np.exp(lp_yes) + np.exp(lp_no)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
