@@ -30,17 +30,20 @@ DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cud
 DtypeOpt = typer.Option(None, "--dtype", help="hf: fp32, bf16 or fp16 (default: bf16 on a GPU that computes it, fp32 on CPU).")
 CtxOpt = typer.Option(None, "--ctx", help="Context length in tokens (default: the model's, at most 4096).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
+PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for files up to 400 MB).")
 
 
-def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None):
+def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
+                 score_precision: str = "auto"):
     """Resolve the model, pick the backend, load it with a status line on stderr."""
     from ipo_tui import backends, models
 
     ref = models.resolve(model)
     name = backend if backend != "auto" else ("llamacpp" if ref.kind == "gguf" else "hf")
+    options = {"score_precision": score_precision} if name == "llamacpp" else {}
     with err.status(f"loading {ref.name} ({name})") as status:
         loaded = backends.load(name, ref, device=device, dtype=dtype, n_ctx=ctx, threads=threads,
-                               on_status=lambda msg: status.update(msg))
+                               on_status=lambda msg: status.update(msg), **options)
     models.remember(ref)
     return loaded
 
@@ -54,6 +57,7 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per candidate instead of a table."),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt,
 ) -> None:
     """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
     from ipo_tui.candidates import Candidate, read_candidates
@@ -71,7 +75,7 @@ def score(
     if not candidates:
         raise IpoError("no candidates: give --response TEXT (repeatable) or --file candidates.jsonl")
 
-    judge = Judge(open_backend(backend, model, device, dtype, ctx, threads), load_config())
+    judge = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
     groups: dict[tuple[str, str | None], list[str]] = {}
     for c in candidates:
         groups.setdefault((c.prompt, c.category or category), []).append(c.response)
@@ -97,7 +101,7 @@ def _table(instruction: str, ranked) -> Table:
     table = Table(title=title, title_justify="left")
     for col, justify in (("rank", "right"), ("p'yes", "right"), ("Δ best", "right"), ("mass", "right"),
                          ("category", "left"), ("template", "left"), ("response", "left")):
-        table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis", ratio=1 if col == "response" else None)
+        table.add_column(col, justify=justify, no_wrap=col != "response", min_width=len(col))
     for rank, j in enumerate(ranked, 1):
         mass = f"[red]{j.mass:.3f}[/]" if j.low_mass else f"{j.mass:.3f}"
         preview = " ".join(j.response.split())
@@ -149,7 +153,7 @@ def main() -> None:
     try:
         app()
     except IpoError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -180,17 +180,20 @@ def gguf_metadata(path: Path) -> dict:
     with open(path, "rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             raise IpoError(f"{path} is not a GGUF file")
-        _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
-        meta = {}
-        for _ in range(n_kv):
-            key = _read_str(fh)
-            (kind,) = struct.unpack("<I", fh.read(4))
-            if kind == 9:  # array: element type, count, elements
-                item, count = struct.unpack("<IQ", fh.read(12))
-                for _ in range(count):
-                    _read_value(fh, item)
-            else:
-                meta[key] = _read_value(fh, kind)
+        try:
+            _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
+            meta = {}
+            for _ in range(n_kv):
+                key = _read_str(fh)
+                (kind,) = struct.unpack("<I", fh.read(4))
+                if kind == 9:  # array: element type, count, elements
+                    item, count = struct.unpack("<IQ", fh.read(12))
+                    for _ in range(count):
+                        _read_value(fh, item)
+                else:
+                    meta[key] = _read_value(fh, kind)
+        except struct.error:
+            raise IpoError(f"{path} ends inside its GGUF header: the file is truncated or damaged") from None
         return meta
 
 

@@ -25,6 +25,9 @@ class HFBackend(Backend):
                  n_ctx: int | None = None, threads: int | None = None, on_status=lambda msg: None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self._torch = torch
         device = device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,12 +40,12 @@ class HFBackend(Backend):
             raise IpoError(f"--dtype {dtype}: choose fp32, bf16 or fp16")
         if threads:
             torch.set_num_threads(threads)
-        source = str(materialize_gguf(model.path, on_status)) if model.kind == "gguf" else model.location
         on_status(f"loading {model.name} with transformers on {device} ({_short(torch_dtype)})")
         try:
+            source = str(materialize_gguf(model.path, on_status)) if model.kind == "gguf" else model.location
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # a missing hub, an unsupported architecture
             first = str(exc).strip().splitlines()[0]
             raise IpoError(f"could not load {model.location}: {first}") from None
         self.ref = model

@@ -1,0 +1,67 @@
+"""The `ipo` command as a user meets it: output shapes and one-line errors, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def ipo(*args: str, env_dirs) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ, IPO_CONFIG_DIR=str(env_dirs / "config"), IPO_DATA_DIR=str(env_dirs / "data"), COLUMNS="120")
+    return subprocess.run([sys.executable, "-m", "ipo_tui", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_score_json_ranks_candidates(user_dirs):
+    result = ipo("score", "-b", "llamacpp", "--json", "-p", "What is 12 + 30?", "-r", "42", "-r", "12 + 30 = 52", env_dirs=user_dirs)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2]
+    assert rows[0]["p_yes"] >= rows[1]["p_yes"]
+    for row in rows:
+        assert {"response", "p_yes", "mass", "category"} <= row.keys() and row["category"] == "math"
+
+
+def test_score_table_and_file(user_dirs, tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"response": "Paris."}) + "\n" + json.dumps({"response": "Rome.", "category": "generic"}) + "\n")
+    result = ipo("score", "-p", "Capital of France?", "-f", str(path), env_dirs=user_dirs)
+    assert result.returncode == 0, result.stderr
+    assert "p'yes" in result.stdout and "Paris." in result.stdout and "generic" in result.stdout
+
+
+def test_models_lists_embedded_and_recent(user_dirs, tmp_path):
+    result = ipo("models", env_dirs=user_dirs)
+    assert result.returncode == 0 and "embedded" in result.stdout and "llama" in result.stdout and "8192" in result.stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["score", "-m", "/no/such/model.gguf", "-p", "q", "-r", "a"], ["/no/such/model.gguf", "not found"]),
+    (["score", "-p", "q", "-r", ""], ["--response number 1 is empty"]),
+    (["score", "-p", "", "-r", "a"], ["--prompt"]),
+    (["score", "-p", "q"], ["no candidates"]),
+    (["score", "-b", "vllm", "-p", "q", "-r", "a"], ["unknown backend"]),
+    (["score", "-c", "poetry", "-p", "q", "-r", "a"], ["poetry"]),
+])
+def test_bad_input_is_one_line(user_dirs, args, needles):
+    assert_one_line_error(ipo(*args, env_dirs=user_dirs), *needles)
+
+
+def test_not_gguf_and_bad_line(user_dirs, tmp_path):
+    fake = tmp_path / "weights.gguf"
+    fake.write_text("not a model")
+    assert_one_line_error(ipo("score", "-m", str(fake), "-p", "q", "-r", "a", env_dirs=user_dirs), "not a GGUF file")
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"response": "ok"}\n{"response": "unterminated}\n')
+    assert_one_line_error(ipo("score", "-p", "q", "-f", str(bad), env_dirs=user_dirs), "line 2", "not valid JSON")
