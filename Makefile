@@ -1,0 +1,39 @@
+# One virtual environment in .venv; `make demo` and `make test` set it up on first use.
+# TORCH is pinned to a release whose CPU wheel installs in seconds on the project's machines;
+# on a CUDA machine use e.g. `make setup TORCH=torch` (the package itself accepts torch>=2.4).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+IPO := $(VENV)/bin/ipo
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(IPO) models
+	$(IPO) score --prompt "What is the capital of France?" \
+	  --response "The capital of France is Paris." \
+	  --response "France's capital is Berlin." \
+	  --response "Paris has been the capital of France since the tenth century; it lies on the Seine." \
+	  --response "I like turtles."
+	$(IPO) score --backend hf --prompt "Write a Python function that returns the square of a number." \
+	  --response "def square(x): return x * x" \
+	  --response "def square(x): return x + x"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/score.py
+
+clean:
+	rm -rf $(VENV)
