@@ -59,7 +59,7 @@ class Judge:
         self.templates = load_templates(config)
         judge_cfg = (config or {}).get("judge") or {}
         self.min_mass = float(judge_cfg.get("min_mass", DEFAULT_MIN_MASS))
-        self.category_templates: dict[str, str] = dict(judge_cfg.get("best_templates") or {})
+        self.category_templates: dict[str, str] = dict(judge_cfg.get("category_templates") or {})
         self.yes_ids = variant_ids(backend, YES_VARIANTS)
         self.no_ids = variant_ids(backend, NO_VARIANTS)
         if not self.yes_ids or not self.no_ids:

@@ -39,9 +39,11 @@ def test_variant_ids_and_probabilities(hf_judge):
     assert len({round(j.p_yes, 6) for j in judgements}) == len(ANSWERS)  # the responses matter
 
 
-def test_prefix_cached_batch_equals_full_forward(hf_backend, hf_judge):
+@pytest.mark.parametrize("question", [QUESTION, "Which city is the capital of France?", QUESTION])
+def test_prefix_cached_batch_equals_full_forward(hf_backend, hf_judge, question):
+    # the second and third runs start from the cache the previous one kept (partly, then wholly shared)
     template = hf_judge.template_for("chat")
-    tokens = [hf_judge.render(template, QUESTION, a)[0] for a in ANSWERS * 5]  # 20 > one batch of 16
+    tokens = [hf_judge.render(template, question, a)[0] for a in ANSWERS * 5]  # 20 > one batch of 16
     prefix, suffixes = split_common_prefix(tokens)
     assert len(prefix) > 20
     ids = hf_judge.yes_ids + hf_judge.no_ids
@@ -129,3 +131,9 @@ def test_generation_is_seeded(request, backend_fixture):
     first = backend.generate(messages, settings)
     assert len(first) == 2 and all(isinstance(t, str) and t.strip() for t in first)
     assert backend.generate(messages, settings) == first
+
+
+def test_config_chooses_template_per_category(hf_backend):
+    judge = Judge(hf_backend, {"judge": {"category_templates": {"chat": "generic"}}})
+    [j] = judge.score(QUESTION, [ANSWERS[0]])
+    assert (j.category, j.template) == ("chat", "generic")

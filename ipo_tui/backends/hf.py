@@ -1,6 +1,9 @@
 """transformers on CUDA (bf16 where the GPU computes it, else fp16) or CPU (fp32).
 
-Scoring runs the shared prefix once, then the suffixes in batches on copies of its KV cache.
+Scoring runs the shared prefix once, then the suffixes in batches on copies of its KV cache. The
+last prefix's cache is kept: the next call evaluates only what its prefix does not share with it
+(the system message and template head across prompts; everything but the edited candidate when
+the same instruction is scored again).
 Suffixes are left-padded *after* the prefix (padding masked out, positions continuing from the
 prefix) so that every row ends at the last column and `logits_to_keep=1` computes one vocabulary
 projection per candidate.
@@ -56,6 +59,8 @@ class HFBackend(Backend):
             context_length=n_ctx or min(trained_ctx, DEFAULT_CTX), can_train=True, supports_lora=True,
         )
         self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self._prefix_ids: list[int] = []
+        self._prefix_cache = None
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         if not self.tokenizer.chat_template:
@@ -73,16 +78,32 @@ class HFBackend(Backend):
         out = np.empty((len(suffixes), len(ids)), dtype=np.float32)
         index = torch.tensor(ids, device=self.device)
         with torch.inference_mode():
-            cache = None
-            if prefix:
-                cache = self.model(torch.tensor([prefix], device=self.device), use_cache=True,
-                                   logits_to_keep=1).past_key_values
+            cache = self._cache_for(prefix) if prefix else None
             order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))  # less padding per batch
             for start in range(0, len(order), BATCH):
                 rows = order[start:start + BATCH]
                 logits = self._last_logits(prefix, [suffixes[i] for i in rows], cache)
                 out[rows] = torch.log_softmax(logits.float(), dim=-1)[:, index].cpu().numpy()
         return out
+
+    def _cache_for(self, prefix: list[int]):
+        """The KV cache of `prefix`, computed from the kept one where they share a beginning."""
+        kept = self._prefix_ids
+        same = 0
+        while same < min(len(kept), len(prefix)) and kept[same] == prefix[same]:
+            same += 1
+        if same == len(prefix) == len(kept):
+            return self._prefix_cache
+        cache = None
+        if same and not getattr(self.model.config, "sliding_window", None):  # a window cannot be cropped back
+            cache = copy.deepcopy(self._prefix_cache)
+            cache.crop(same - len(kept))
+        else:
+            same = 0
+        rest = self._torch.tensor([prefix[same:]], device=self.device)
+        cache = self.model(rest, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        self._prefix_ids, self._prefix_cache = list(prefix), cache
+        return cache
 
     def _last_logits(self, prefix, suffixes, cache):
         torch = self._torch
