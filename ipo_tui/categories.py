@@ -27,3 +27,13 @@ def route(instruction: str) -> str:
         if pattern.search(instruction):
             return category
     return "chat"
+
+
+# Labels that prompt sets and pair files use for the same categories (MT-Bench, RewardBench).
+_ALIASES = {"chat": "chat", "chat-hard": "chat", "code": "code", "coding": "code", "math": "math",
+            "safety": "safety", "refusals": "safety", "generic": "generic"}
+
+
+def category_for(label: str | None, instruction: str) -> str:
+    """A dataset's own category label where it names one of ours, else the router's choice."""
+    return _ALIASES.get((label or "").strip().lower()) or route(instruction)

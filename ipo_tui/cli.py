@@ -20,6 +20,10 @@ app = typer.Typer(
 models_app = typer.Typer(help="The models ipo knows: the embedded default, registered and recent ones.",
                          invoke_without_command=True, pretty_exceptions_enable=False)
 app.add_typer(models_app, name="models")
+prompts_app = typer.Typer(help="Prompt sets in the workspace.", no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(prompts_app, name="prompts")
+pairs_app = typer.Typer(help="Chosen/rejected pairs: build, list, export.", no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(pairs_app, name="pairs")
 
 out = Console()
 err = Console(stderr=True)
@@ -30,6 +34,9 @@ DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cud
 DtypeOpt = typer.Option(None, "--dtype", help="hf: fp32, bf16 or fp16 (default: bf16 on a GPU that computes it, fp32 on CPU).")
 CtxOpt = typer.Option(None, "--ctx", help="Context length in tokens (default: the model's, at most 4096).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace SQLite file (default: workspace.sqlite in the user data dir).")
+PromptSetOpt = typer.Option(..., "--prompts", help="Name of an imported prompt set.")
+LimitOpt = typer.Option(None, "--limit", help="Only the first N prompts of the set.")
 PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for files up to 400 MB).")
 
 
@@ -147,6 +154,286 @@ def models_remove(name: str) -> None:
 
     models.unregister(name)
     out.print(f"removed {name}")
+
+
+def open_store(workspace: Path | None):
+    from ipo_tui.store import Store
+
+    return Store(workspace)
+
+
+@prompts_app.command("import")
+def prompts_import(
+    source: str = typer.Argument(..., help="JSONL, JSON, CSV or Parquet file, or an HF dataset id (name[:split])."),
+    name: str = typer.Option(..., "--name", help="Name of the new prompt set."),
+    prompt_field: str = typer.Option("prompt", "--prompt-field"),
+    category_field: str = typer.Option("category", "--category-field"),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Import prompts as a named set (all of them, or none if a record is bad)."""
+    from ipo_tui.datasets import load_prompts
+
+    prompts = load_prompts(source, prompt_field, category_field)
+    open_store(workspace).add_prompt_set(name, source, prompts)
+    out.print(f"imported {len(prompts)} prompts as {name!r}")
+
+
+@prompts_app.command("list")
+def prompts_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """The prompt sets in the workspace."""
+    table = Table("name", "prompts", "source", "imported")
+    for row in open_store(workspace).prompt_sets():
+        table.add_row(row["name"], str(row["prompts"]), row["source"], row["created_at"])
+    out.print(table)
+
+
+def _progress(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    task = bar.add_task(label, total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _sampling(n: int, temperature: float, top_p: float, max_tokens: int, seed: int):
+    from ipo_tui.backends import Sampling
+
+    if n < 1 or max_tokens < 1 or not 0 < top_p <= 1 or temperature < 0:
+        raise IpoError("sampling settings out of range: need -n >= 1, --max-tokens >= 1, 0 < --top-p <= 1, --temperature >= 0")
+    return Sampling(n, temperature, top_p, max_tokens, seed)
+
+
+SampleN = typer.Option(4, "-n", help="Candidates per prompt.")
+TemperatureOpt = typer.Option(0.8, "--temperature")
+TopPOpt = typer.Option(0.95, "--top-p")
+MaxTokensOpt = typer.Option(256, "--max-tokens")
+SeedOpt = typer.Option(0, "--seed")
+
+
+@app.command()
+def generate(
+    prompts: str = PromptSetOpt, n: int = SampleN, limit: Optional[int] = LimitOpt,
+    temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
+    workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Sample N candidates per prompt; a rerun resumes, keeping what is stored."""
+    from ipo_tui import pipeline
+
+    store = open_store(workspace)
+    rows = store.prompts(prompts, limit)
+    sampling = _sampling(n, temperature, top_p, max_tokens, seed)
+    engine = open_backend(backend, model, device, dtype, ctx, threads)
+    bar, progress = _progress("generating")
+    with bar:
+        added = pipeline.generate(store, engine, pipeline.policy_of(engine), rows, n, sampling, progress)
+    out.print(f"{added} new candidates for {len(rows)} prompts ({len(rows) * n - added} were stored already)")
+
+
+@app.command()
+def judge(
+    prompts: str = PromptSetOpt, limit: Optional[int] = LimitOpt,
+    category: Optional[str] = typer.Option(None, "--category", "-c", help="Judge every prompt under this category's template."),
+    workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt,
+) -> None:
+    """Score the stored candidates of the judging model's own policy by p'yes."""
+    from ipo_tui import pipeline
+    from ipo_tui.config import load_config
+    from ipo_tui.judge import Judge
+
+    store = open_store(workspace)
+    rows = store.prompts(prompts, limit)
+    engine = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
+    bar, progress = _progress("judging")
+    with bar:
+        scored = pipeline.judge(store, engine, pipeline.policy_of(engine.backend), rows, category, progress)
+    out.print(f"judged {scored} candidates")
+
+
+@pairs_app.command("build")
+def pairs_build(
+    prompts: str = PromptSetOpt, n: int = SampleN, limit: Optional[int] = LimitOpt,
+    min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
+    temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
+    workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt,
+) -> None:
+    """Generate and judge whatever is missing, then propose (best, worst) pairs."""
+    from ipo_tui import pipeline
+    from ipo_tui.config import load_config
+    from ipo_tui.judge import Judge
+
+    store = open_store(workspace)
+    rows = store.prompts(prompts, limit)
+    sampling = _sampling(n, temperature, top_p, max_tokens, seed)
+    engine = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
+    policy = pipeline.policy_of(engine.backend)
+    for label, step in (("generating", lambda p: pipeline.generate(store, engine.backend, policy, rows, n, sampling, p)),
+                        ("judging", lambda p: pipeline.judge(store, engine, policy, rows, None, p))):
+        bar, progress = _progress(label)
+        with bar:
+            step(progress)
+    report = pipeline.build_pairs(store, policy.judge_id, policy, rows, min_margin)
+    out.print(f"{report.proposed} pairs proposed; dropped {report.too_close} below the margin or tied, "
+              f"{report.too_few} with fewer than two judged candidates")
+
+
+@pairs_app.command("list")
+def pairs_list(
+    status: list[str] = typer.Option([], "--status", help="Only these statuses (repeatable)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """The pairs with their scores."""
+    from ipo_tui.store import PAIR_STATUSES
+
+    table = Table("id", "status", "margin", "chosen p'yes", "rejected p'yes", "category", "prompt")
+    for r in open_store(workspace).pairs(tuple(status) or PAIR_STATUSES):
+        table.add_row(str(r["id"]), r["status"], f"{r['margin']:.3f}", f"{r['score_chosen']:.3f}",
+                      f"{r['score_rejected']:.3f}", r["category"] or "", " ".join(r["prompt"].split())[:60])
+    out.print(table)
+
+
+@pairs_app.command("export")
+def pairs_export(
+    out_path: Path = typer.Option(..., "--out", help="FILE.jsonl or FILE.parquet"),
+    fmt: str = typer.Option("trl", "--format", help="trl or llamafactory"),
+    conversational: bool = typer.Option(False, "--conversational", help="TRL conversational shape (lists of messages)."),
+    status: list[str] = typer.Option([], "--status", help="Statuses to export (default: proposed, accepted, edited)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Write the pairs in a trainer's format."""
+    from ipo_tui.datasets import pair_records, write_records
+
+    rows = open_store(workspace).pairs(tuple(status) or ("proposed", "accepted", "edited"))
+    if not rows:
+        raise IpoError("no pairs with those statuses; build some with `ipo pairs build`")
+    write_records(out_path, pair_records(rows, fmt, conversational))
+    out.print(f"wrote {len(rows)} pairs to {out_path}")
+
+
+@app.command("eval")
+def eval_pairs(
+    file: str = typer.Argument(..., help="RewardBench-format pairs: prompt, chosen, rejected, subset, category?"),
+    judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 0-5 score)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="A fixed sample of N pairs spread over the file."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
+    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt,
+) -> None:
+    """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
+    from ipo_tui.config import load_config
+    from ipo_tui.evaluate import JUDGES, evaluate, load_pairs
+    from ipo_tui.judge import Judge
+
+    if judge_name not in JUDGES:
+        raise IpoError(f"unknown judge {judge_name!r}: choose ipo or self-reward")
+    pairs = load_pairs(file, limit)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision)
+    bar, progress = _progress(f"evaluating ({judge_name})")
+    with bar:
+        result = evaluate(pairs, judge_name, Judge(engine, load_config()) if judge_name == "ipo" else None, engine, progress)
+    summary = result.as_dict()
+    for title, scores, counts in (("category", summary["by_category"], result.by_category),
+                                  ("subset", summary["by_subset"], result.by_subset)):
+        table = Table(title, "accuracy", "pairs", title=f"{judge_name} accuracy by {title}", title_justify="left")
+        for name, accuracy in scores.items():
+            table.add_row(name, f"{accuracy:.3f}", str(counts[name][1]))
+        err.print(table) if as_json else out.print(table)
+    extra = (f", mean Yes+No mass {summary['mean_mass']:.3f}" if judge_name == "ipo"
+             else f", {result.parse_failures} of {2 * result.pairs} ratings unparsed")
+    err.print(f"accuracy {result.accuracy:.3f} on {result.pairs} pairs{extra}, {summary['pairs_per_s']:.2f} pairs/s", highlight=False)
+    if as_json:
+        print(json.dumps(summary))
+
+
+@app.command()
+def bestofn(
+    prompt: str = typer.Option(..., "--prompt", "-p"), n: int = typer.Option(8, "-n"),
+    category: Optional[str] = typer.Option(None, "--category", "-c"),
+    temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
+    as_json: bool = typer.Option(False, "--json"),
+    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt,
+) -> None:
+    """Sample n answers and pick the best by p'yes, showing every score."""
+    from ipo_tui.config import load_config
+    from ipo_tui.evaluate import best_of_n
+    from ipo_tui.judge import Judge
+
+    if not prompt.strip():
+        raise IpoError("--prompt is empty: give the instruction to answer")
+    sampling = _sampling(n, temperature, top_p, max_tokens, seed)
+    judge = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
+    with err.status(f"sampling {n} answers and judging them"):
+        ranked = best_of_n(judge, prompt, sampling, category)
+    if as_json:
+        for rank, j in enumerate(ranked, 1):
+            print(json.dumps({"rank": rank, "prompt": prompt, **j.as_dict()}, ensure_ascii=False))
+        return
+    out.print(_table(prompt, ranked))
+    out.rule("best answer")
+    out.print(ranked[0].response, highlight=False, markup=False)
+
+
+@prompts_app.command("search")
+def prompts_search(
+    file: str = typer.Argument(..., help="Labelled pairs (RewardBench format)."),
+    candidates: Path = typer.Option(..., "--candidates", help="YAML: {category: [{name, system?, user}, ...]}"),
+    limit: Optional[int] = typer.Option(200, "--limit", help="A fixed sample of N pairs spread over the file (0: all)."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Keep the best template per category in the config."),
+    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt,
+) -> None:
+    """Measure every candidate template's pairwise accuracy per category; keep the best."""
+    import yaml
+
+    from ipo_tui.config import load_config, save_config
+    from ipo_tui.evaluate import load_pairs, search_templates
+    from ipo_tui.judge import Judge
+    from ipo_tui.prompts import BUILTIN, Template
+
+    try:
+        spec = yaml.safe_load(candidates.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise IpoError(f"{candidates}: cannot read it as YAML ({type(exc).__name__})") from None
+    if not isinstance(spec, dict) or not all(isinstance(v, list) and v for v in spec.values()):
+        raise IpoError(f"{candidates}: expected {{category: [{{name, system?, user}}, ...]}}")
+    templates = {}
+    for category, items in spec.items():
+        for i, item in enumerate(items, 1):
+            if not isinstance(item, dict) or "user" not in item:
+                raise IpoError(f"{candidates}: {category} item {i} needs a 'user' text")
+            templates.setdefault(category, []).append(
+                Template(str(item.get("name") or f"{category}-{i}"), item.get("system", BUILTIN["generic"].system), item["user"]))
+    pairs = load_pairs(file, limit or None)
+    config = load_config()
+    judge = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), config)
+    bar, progress = _progress("searching templates")
+    with bar:
+        results = search_templates(judge, pairs, templates, progress)
+    table = Table("category", "template", "accuracy", "pairs", title="template accuracy (best first)", title_justify="left")
+    for category, scores in results.items():
+        for rank, (name, accuracy, count) in enumerate(scores):
+            table.add_row(category if rank == 0 else "", f"[bold]{name}[/]" if rank == 0 else name, f"{accuracy:.3f}", str(count))
+    out.print(table)
+    if save:
+        chosen = {t.name: t for ts in templates.values() for t in ts}
+        config.setdefault("templates", {})
+        config.setdefault("judge", {}).setdefault("category_templates", {})
+        for category, scores in results.items():
+            best = chosen[scores[0][0]]
+            config["templates"][best.name] = {"system": best.system, "user": best.user}
+            config["judge"]["category_templates"][category] = best.name
+        save_config(config)
+        from ipo_tui.config import config_path
+
+        out.print(f"saved the best template per category to {config_path()}")
 
 
 def main() -> None:

@@ -46,6 +46,11 @@ class ModelRef:
     def path(self) -> Path:
         return Path(self.location)
 
+    @property
+    def identity(self) -> str:
+        """What the workspace records as the model: stable across installs for the embedded one."""
+        return EMBEDDED_FILE if self.name == EMBEDDED_NAME else self.location
+
 
 def is_gguf(path: Path) -> bool:
     with open(path, "rb") as fh:

@@ -36,6 +36,7 @@ class Sampling:
 
 class Backend(ABC):
     ref: ModelRef  # which weights
+    adapter: str = ""  # the LoRA adapter applied on top, if any
     capabilities: Capabilities
 
     @abstractmethod
@@ -64,11 +65,18 @@ class Backend(ABC):
 
 def split_common_prefix(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:
     """The longest prefix all sequences share, and what is left of each (never empty)."""
-    shortest = min(len(s) for s in seqs)
-    n = 0
-    while n < shortest - 1 and all(s[n] == seqs[0][n] for s in seqs):
-        n += 1
+    n = min(min(common_length(seqs[0], s) for s in seqs), min(len(s) for s in seqs) - 1)
     return list(seqs[0][:n]), [list(s[n:]) for s in seqs]
+
+
+def common_length(a, b) -> int:
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def plain_chat(messages: list[dict[str, str]]) -> str:

@@ -15,7 +15,7 @@ import copy
 
 import numpy as np
 
-from ipo_tui.backends.base import Backend, Capabilities, Sampling, plain_chat
+from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, plain_chat
 from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef, materialize_gguf
 
@@ -89,9 +89,7 @@ class HFBackend(Backend):
     def _cache_for(self, prefix: list[int]):
         """The KV cache of `prefix`, computed from the kept one where they share a beginning."""
         kept = self._prefix_ids
-        same = 0
-        while same < min(len(kept), len(prefix)) and kept[same] == prefix[same]:
-            same += 1
+        same = common_length(kept, prefix)
         if same == len(prefix) == len(kept):
             return self._prefix_cache
         cache = None

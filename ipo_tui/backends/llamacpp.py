@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from ipo_tui.backends.base import Backend, Capabilities, Sampling, plain_chat
+from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, plain_chat
 from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef, dequantized_gguf, gguf_metadata, info
 
@@ -107,11 +107,7 @@ class LlamaCppBackend(Backend):
     def _keep_cached(self, prefix: list[int]) -> None:
         """Evaluate only the part of `prefix` that the KV cache does not already hold."""
         llm = self.llm
-        cached = llm.input_ids[: llm.n_tokens]
-        same = 0
-        limit = min(len(cached), len(prefix))
-        while same < limit and cached[same] == prefix[same]:
-            same += 1
+        same = common_length(llm.input_ids[: llm.n_tokens].tolist(), prefix)
         llm.n_tokens = same
         if same < len(prefix):
             llm.eval(prefix[same:])

@@ -1,0 +1,86 @@
+"""Generation tokens per second on the embedded model: the llamacpp backend against llama-cpp-python's
+own `create_completion` on the same GGUF, and hf batched generation against hf at batch 1.
+
+    python benchmarks/generate.py [--prompts 8] [--n 4] [--max-tokens 64]
+
+Tokens are counted the same way for every contender (the generated text re-tokenized). The last
+line printed is one JSON object with the figures and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ipo_tui import backends, models
+from ipo_tui.backends.base import Sampling
+
+PROMPTS = [
+    "Explain why the sky is blue.", "Write a short poem about autumn.", "Give three tips for learning a language.",
+    "What is a prime number?", "Describe how a bicycle works.", "Summarize the water cycle.",
+    "Suggest a name for a coffee shop.", "How do vaccines work?", "Write a limerick about a cat.",
+    "What causes the seasons on Earth?", "Give a recipe idea with rice.", "Why do we dream?",
+]
+
+
+def run(label: str, fn, count) -> float:
+    start = time.perf_counter()
+    texts = fn()
+    elapsed = time.perf_counter() - start
+    tokens = sum(count(t) for t in texts)
+    print(f"{label:32s} {tokens:5d} tokens in {elapsed:6.1f}s = {tokens / elapsed:6.1f} tok/s", flush=True)
+    return tokens / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    prompts = PROMPTS[: args.prompts]
+    ref = models.resolve(None)
+    result: dict = {"prompts": len(prompts), "n": args.n, "max_tokens": args.max_tokens}
+
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(ref.path), vocab_only=True, verbose=False)
+
+    def count(text: str) -> int:
+        return len(vocab.tokenize(text.encode("utf-8"), add_bos=False))
+
+    llama = backends.load("llamacpp", ref)
+    raw = llama._generator  # the very engine the backend drives, used directly
+
+    def raw_completion():
+        texts = []
+        for p in prompts:
+            ids = llama.tokenize(llama.render_chat([{"role": "user", "content": p}]))
+            for i in range(args.n):
+                out = raw.create_completion(ids, max_tokens=args.max_tokens, temperature=0.8, top_p=0.95, seed=i)
+                texts.append(out["choices"][0]["text"])
+        return texts
+
+    def backend_generate(engine, n, calls):
+        return lambda: [t for p in prompts for _ in range(calls)
+                        for t in engine.generate([{"role": "user", "content": p}],
+                                                 Sampling(n=n, max_tokens=args.max_tokens, temperature=0.8, top_p=0.95))]
+
+    result["llamacpp_raw_tok_s"] = run("llama-cpp-python create_completion", raw_completion, count)
+    result["llamacpp_backend_tok_s"] = run("llamacpp backend", backend_generate(llama, args.n, 1), count)
+    llama.close()
+
+    hf = backends.load("hf", ref, device="cpu")
+    result["hf_batched_tok_s"] = run(f"hf backend, batch {args.n}", backend_generate(hf, args.n, 1), count)
+    result["hf_batch1_tok_s"] = run("hf backend, batch 1", backend_generate(hf, 1, args.n), count)
+    hf.close()
+
+    result["llamacpp_vs_raw"] = result["llamacpp_backend_tok_s"] / result["llamacpp_raw_tok_s"]
+    result["hf_batched_vs_batch1"] = result["hf_batched_tok_s"] / result["hf_batch1_tok_s"]
+    result["goals_met"] = result["llamacpp_vs_raw"] >= 0.9 and result["hf_batched_vs_batch1"] >= 2
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()

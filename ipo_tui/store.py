@@ -1,0 +1,220 @@
+"""The SQLite workspace: prompt sets, prompts, candidates, judgements, pairs and runs.
+
+One file (WAL mode, foreign keys on), versioned migrations in `MIGRATIONS` applied in order and
+recorded in `PRAGMA user_version`, and a transaction around every multi-row write, so a crash
+or a kill leaves either all of a write or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ipo_tui import config
+from ipo_tui.errors import IpoError
+
+PAIR_STATUSES = ("proposed", "accepted", "rejected", "edited")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE prompt_sets (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, source TEXT, created_at TEXT NOT NULL);
+    CREATE TABLE prompts (
+        id INTEGER PRIMARY KEY,
+        set_id INTEGER NOT NULL REFERENCES prompt_sets(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL, text TEXT NOT NULL, category TEXT, meta TEXT,
+        UNIQUE (set_id, position));
+    CREATE TABLE candidates (
+        id INTEGER PRIMARY KEY,
+        prompt_id INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
+        text TEXT NOT NULL, model TEXT NOT NULL, adapter TEXT NOT NULL DEFAULT '',
+        sample_index INTEGER NOT NULL, seed INTEGER NOT NULL, sampling TEXT NOT NULL, created_at TEXT NOT NULL,
+        UNIQUE (prompt_id, model, adapter, sample_index));
+    CREATE TABLE judgements (
+        id INTEGER PRIMARY KEY,
+        candidate_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+        judge TEXT NOT NULL, template TEXT NOT NULL, category TEXT NOT NULL,
+        p_yes REAL NOT NULL, mass REAL NOT NULL, logit_margin REAL NOT NULL, created_at TEXT NOT NULL,
+        UNIQUE (candidate_id, judge, template));
+    CREATE TABLE pairs (
+        id INTEGER PRIMARY KEY,
+        prompt_id INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
+        chosen_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+        rejected_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+        judge TEXT NOT NULL, margin REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'proposed'
+            CHECK (status IN ('proposed', 'accepted', 'rejected', 'edited')),
+        updated_at TEXT NOT NULL,
+        UNIQUE (prompt_id, judge));
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, config TEXT NOT NULL,
+        folder TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX candidates_prompt ON candidates (prompt_id);
+    CREATE INDEX judgements_candidate ON judgements (candidate_id);
+    """,
+]
+
+
+def default_path() -> Path:
+    return config.data_dir() / "workspace.sqlite"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:
+            raise IpoError(f"{self.path} is not an ipo workspace ({exc}); pass another --workspace") from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise IpoError(f"{self.path} was written by a newer ipo-tui (schema {version}); upgrade ipo-tui")
+        for number in range(version, len(MIGRATIONS)):
+            try:  # one script, one transaction: a migration applies wholly or not at all
+                self.db.executescript(f"BEGIN;{MIGRATIONS[number]};PRAGMA user_version={number + 1};COMMIT;")
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self):
+        """All of the writes inside, or none of them."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- prompt sets --------------------------------------------------------------------------
+
+    def add_prompt_set(self, name: str, source: str, prompts: list[dict]) -> int:
+        """Store a named set of prompts ({"text", "category"?, "meta"?}) in one transaction."""
+        if not prompts:
+            raise IpoError(f"no prompts to import into {name!r}")
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM prompt_sets WHERE name = ?", (name,)).fetchone():
+                raise IpoError(f"a prompt set named {name!r} exists already; choose another --name")
+            set_id = db.execute("INSERT INTO prompt_sets (name, source, created_at) VALUES (?, ?, ?)",
+                                (name, source, now())).lastrowid
+            db.executemany(
+                "INSERT INTO prompts (set_id, position, text, category, meta) VALUES (?, ?, ?, ?, ?)",
+                [(set_id, i, p["text"], p.get("category"), json.dumps(p.get("meta") or {}))
+                 for i, p in enumerate(prompts)],
+            )
+        return set_id
+
+    def prompt_sets(self) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT s.*, COUNT(p.id) AS prompts FROM prompt_sets s LEFT JOIN prompts p ON p.set_id = s.id "
+            "GROUP BY s.id ORDER BY s.id").fetchall()
+
+    def prompts(self, set_name: str, limit: int | None = None) -> list[sqlite3.Row]:
+        row = self.db.execute("SELECT id FROM prompt_sets WHERE name = ?", (set_name,)).fetchone()
+        if row is None:
+            known = ", ".join(r["name"] for r in self.prompt_sets()) or "none yet"
+            raise IpoError(f"no prompt set named {set_name!r} (known: {known}); import one with `ipo prompts import`")
+        return self.db.execute("SELECT * FROM prompts WHERE set_id = ? ORDER BY position LIMIT ?",
+                               (row["id"], -1 if limit is None else limit)).fetchall()
+
+    # --- candidates and judgements ------------------------------------------------------------
+
+    def add_candidates(self, prompt_id: int, model: str, adapter: str, sampling: dict,
+                       samples: list[tuple[int, int, str]]) -> None:
+        """Store (sample_index, seed, text) samples of one prompt; a sample already there is kept."""
+        stamp, settings = now(), json.dumps(sampling, sort_keys=True)
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO candidates (prompt_id, text, model, adapter, sample_index, seed, sampling, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(prompt_id, text, model, adapter, index, seed, settings, stamp) for index, seed, text in samples],
+            )
+
+    def sample_indices(self, prompt_id: int, model: str, adapter: str) -> set[int]:
+        rows = self.db.execute("SELECT sample_index FROM candidates WHERE prompt_id = ? AND model = ? AND adapter = ?",
+                               (prompt_id, model, adapter))
+        return {r[0] for r in rows}
+
+    def candidates(self, prompt_id: int, model: str | None = None, adapter: str | None = None) -> list[sqlite3.Row]:
+        sql, args = "SELECT * FROM candidates WHERE prompt_id = ?", [prompt_id]
+        if model is not None:
+            sql, args = sql + " AND model = ? AND adapter = ?", args + [model, adapter or ""]
+        return self.db.execute(sql + " ORDER BY sample_index, id", args).fetchall()
+
+    def add_judgements(self, judge: str, rows: list[tuple[int, object]]) -> None:
+        """Store (candidate_id, Judgement) rows by `judge`; a newer judgement replaces an older one."""
+        stamp = now()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO judgements (candidate_id, judge, template, category, p_yes, mass, logit_margin, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(cid, judge, j.template, j.category, j.p_yes, j.mass, j.logit_margin, stamp) for cid, j in rows],
+            )
+
+    def judgements(self, prompt_id: int, judge: str, model: str, adapter: str) -> list[sqlite3.Row]:
+        """The candidates of a prompt by one policy, with their judgement by `judge` (NULL where none yet)."""
+        return self.db.execute(
+            "SELECT c.id AS candidate_id, c.text, c.sample_index, j.p_yes, j.mass, j.logit_margin, j.template, j.category "
+            "FROM candidates c LEFT JOIN judgements j ON j.candidate_id = c.id AND j.judge = ? "
+            "WHERE c.prompt_id = ? AND c.model = ? AND c.adapter = ? ORDER BY c.sample_index, c.id",
+            (judge, prompt_id, model, adapter)).fetchall()
+
+    # --- pairs ----------------------------------------------------------------------------------
+
+    def propose_pair(self, prompt_id: int, judge: str, chosen_id: int, rejected_id: int, margin: float) -> None:
+        """Propose (chosen, rejected) for a prompt; a pair a person already curated is left as it is."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'proposed', ?) "
+                "ON CONFLICT (prompt_id, judge) DO UPDATE SET chosen_id = excluded.chosen_id, "
+                "rejected_id = excluded.rejected_id, margin = excluded.margin, updated_at = excluded.updated_at "
+                "WHERE pairs.status = 'proposed'",
+                (prompt_id, chosen_id, rejected_id, judge, margin, now()))
+
+    def set_pair_status(self, pair_id: int, status: str) -> None:
+        if status not in PAIR_STATUSES:
+            raise IpoError(f"unknown pair status {status!r}: choose one of {', '.join(PAIR_STATUSES)}")
+        with self.transaction() as db:
+            if db.execute("UPDATE pairs SET status = ?, updated_at = ? WHERE id = ?", (status, now(), pair_id)).rowcount == 0:
+                raise IpoError(f"no pair with id {pair_id}")
+
+    def pairs(self, statuses: tuple[str, ...] = PAIR_STATUSES, set_name: str | None = None) -> list[sqlite3.Row]:
+        """Pairs with their texts and scores, for listing and export."""
+        for status in statuses:
+            if status not in PAIR_STATUSES:
+                raise IpoError(f"unknown pair status {status!r}: choose among {', '.join(PAIR_STATUSES)}")
+        sql = (
+            "SELECT pr.id, pr.status, pr.margin, pr.judge, pr.updated_at, p.text AS prompt, p.category AS prompt_category, "
+            "s.name AS prompt_set, ch.text AS chosen, rj.text AS rejected, "
+            "jc.p_yes AS score_chosen, jr.p_yes AS score_rejected, jc.category AS category "
+            "FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id JOIN prompt_sets s ON s.id = p.set_id "
+            "JOIN candidates ch ON ch.id = pr.chosen_id JOIN candidates rj ON rj.id = pr.rejected_id "
+            "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "
+            "LEFT JOIN judgements jr ON jr.candidate_id = pr.rejected_id AND jr.judge = pr.judge "
+            f"WHERE pr.status IN ({','.join('?' * len(statuses))})"
+        )
+        args: list = list(statuses)
+        if set_name is not None:
+            sql, args = sql + " AND s.name = ?", args + [set_name]
+        return self.db.execute(sql + " ORDER BY pr.id", args).fetchall()

@@ -1,0 +1,100 @@
+"""The workspace: migrations, all-or-nothing imports, curated pairs kept, exports."""
+
+import json
+import sqlite3
+
+import pytest
+
+from ipo_tui.datasets import load_prompts, pair_records, write_records
+from ipo_tui.errors import IpoError
+from ipo_tui.judge import Judgement
+from ipo_tui.pipeline import Policy, build_pairs
+from ipo_tui.store import MIGRATIONS, Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "ws.sqlite")
+    yield s
+    s.close()
+
+
+def _judgement(p_yes):
+    return Judgement(response="", p_yes=p_yes, logit_margin=0.0, mass=0.3, category="chat", template="chat", low_mass=False)
+
+
+def test_new_workspace_is_migrated_and_in_wal_mode(store):
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    Store(store.path).close()  # reopening applies nothing twice
+
+
+def test_not_a_workspace(tmp_path):
+    bogus = tmp_path / "notes.sqlite"
+    bogus.write_text("hello, this is not a database file at all" * 10)
+    with pytest.raises(IpoError, match="not an ipo workspace"):
+        Store(bogus)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "json", "csv", "parquet"])
+def test_import_formats(tmp_path, store, suffix):
+    rows = [{"question": "What is 2+2?", "kind": "math"}, {"question": "Say hi.", "kind": ""}]
+    path = tmp_path / f"p.{suffix}"
+    if suffix == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == "json":
+        path.write_text(json.dumps(rows))
+    elif suffix == "csv":
+        path.write_text("question,kind\nWhat is 2+2?,math\nSay hi.,\n")
+    else:
+        write_records(path, rows)
+    prompts = load_prompts(str(path), "question", "kind")
+    store.add_prompt_set("s", str(path), prompts)
+    stored = store.prompts("s")
+    assert [(p["text"], p["category"]) for p in stored] == [("What is 2+2?", "math"), ("Say hi.", None)]
+
+
+def test_malformed_import_names_line_and_field_and_stores_nothing(tmp_path, store):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(IpoError, match=r"bad.jsonl line 3: field 'prompt' is missing"):
+        store.add_prompt_set("s", str(path), load_prompts(str(path)))
+    assert store.prompt_sets() == []
+    with pytest.raises(IpoError, match="no prompt set named 's'"):
+        store.prompts("s")
+
+
+def test_failed_write_rolls_back(store):
+    store.add_prompt_set("s", "test", [{"text": "a"}])
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_candidates(999, "m", "", {}, [(0, 0, "x")])  # no such prompt
+    assert store.db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0] == 0
+
+
+def test_pairs_policy_and_curation(store):
+    store.add_prompt_set("s", "test", [{"text": "q1"}, {"text": "q2"}, {"text": "q3"}])
+    policy = Policy("m")
+    scores = {"q1": [0.2, 0.9, 0.5], "q2": [0.4, 0.4, 0.4], "q3": [0.7]}
+    for prompt in store.prompts("s"):
+        values = scores[prompt["text"]]
+        store.add_candidates(prompt["id"], "m", "", {}, [(i, i, f"{prompt['text']}-a{i}") for i in range(len(values))])
+        cands = store.candidates(prompt["id"])
+        store.add_judgements("m", [(c["id"], _judgement(v)) for c, v in zip(cands, values)])
+    report = build_pairs(store, "m", policy, store.prompts("s"), min_margin=0.1)
+    assert (report.proposed, report.too_close, report.too_few) == (1, 1, 1)
+    [pair] = store.pairs()
+    assert (pair["chosen"], pair["rejected"]) == ("q1-a1", "q1-a0")
+    assert pair["margin"] == pytest.approx(0.7) and pair["score_chosen"] == pytest.approx(0.9)
+
+    store.set_pair_status(pair["id"], "accepted")
+    build_pairs(store, "m", policy, store.prompts("s"), min_margin=0.0)  # a rebuild keeps the curated pair
+    assert [p["status"] for p in store.pairs(("accepted",))] == ["accepted"]
+    with pytest.raises(IpoError, match="unknown pair status"):
+        store.set_pair_status(pair["id"], "maybe")
+
+    trl = pair_records(store.pairs(("accepted",)), "trl")
+    assert trl == [{"prompt": "q1", "chosen": "q1-a1", "rejected": "q1-a0", "score_chosen": pytest.approx(0.9),
+                    "score_rejected": pytest.approx(0.2), "category": "chat"}]
+    conv = pair_records(store.pairs(("accepted",)), "trl", conversational=True)[0]
+    assert conv["prompt"] == [{"role": "user", "content": "q1"}] and conv["chosen"][0]["role"] == "assistant"
+    assert pair_records(store.pairs(("accepted",)), "llamafactory")[0]["instruction"] == "q1"
