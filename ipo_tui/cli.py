@@ -25,8 +25,8 @@ app.add_typer(prompts_app, name="prompts")
 pairs_app = typer.Typer(help="Chosen/rejected pairs: build, list, export.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(pairs_app, name="pairs")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # messages stay one line when piped; tables still fit the width
+err = Console(stderr=True, soft_wrap=True)
 
 BackendOpt = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, or auto (llamacpp for GGUF files, else hf).")
 ModelOpt = typer.Option(None, "--model", "-m", help="GGUF file, HF folder, HF id or registered name; default: the embedded SmolLM2-135M-Instruct.")
@@ -307,6 +307,8 @@ def pairs_export(
     """Write the pairs in a trainer's format."""
     from ipo_tui.datasets import pair_records, write_records
 
+    if out_path.suffix.lower() not in (".jsonl", ".parquet"):
+        raise IpoError(f"--out {out_path}: give a .jsonl or .parquet file name")
     rows = open_store(workspace).pairs(tuple(status) or ("proposed", "accepted", "edited"))
     if not rows:
         raise IpoError("no pairs with those statuses; build some with `ipo pairs build`")
@@ -440,7 +442,7 @@ def main() -> None:
     try:
         app()
     except IpoError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

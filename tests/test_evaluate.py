@@ -1,0 +1,83 @@
+"""Judges measured on labelled pairs, the self-reward parser, template search and best-of-n."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ipo_tui.evaluate import load_pairs
+from ipo_tui.selfreward import parse_score
+
+PAIRS = [
+    {"prompt": "What is 2 + 2?", "chosen": "2 + 2 = 4.", "rejected": "2 + 2 = 5.", "subset": "arith", "category": "math"},
+    {"prompt": "Name a primary color.", "chosen": "Red.", "rejected": "Banana.", "subset": "colors", "category": "chat"},
+    {"prompt": "Write Python that prints hi.", "chosen": "print('hi')", "rejected": "print(hi", "subset": "py", "category": "code"},
+]
+
+
+def ipo(*args, env_dirs):
+    env = dict(os.environ, IPO_CONFIG_DIR=str(env_dirs / "config"), IPO_DATA_DIR=str(env_dirs / "data"))
+    return subprocess.run([sys.executable, "-m", "ipo_tui", *args], capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.parametrize("text,score", [
+    ("The response is relevant. Score: 4", 4), ("**Score:** 3/5", 3), ("I would give it 2 out of 5.", 2),
+    ("Total: 5 points", 5), ("4", 4), ("Score: 1 ... on reflection, Score: 3", 3), ("It is a good answer.", None),
+])
+def test_parse_score(text, score):
+    assert parse_score(text) == score
+
+
+def test_sample_is_fixed_and_spread(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({**PAIRS[i % 3], "subset": f"s{i // 10}"}) + "\n" for i in range(40)))
+    sample = load_pairs(str(path), limit=8)
+    assert sample == load_pairs(str(path), limit=8) and len({r["subset"] for r in sample}) == 4
+
+
+@pytest.mark.parametrize("judge", ["ipo", "self-reward"])
+def test_eval_json_reports_accuracy_by_category(user_dirs, tmp_path, judge):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    result = ipo("eval", str(path), "--judge", judge, "--json", "-b", "llamacpp", env_dirs=user_dirs)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["pairs"] == 3 and 0 <= summary["accuracy"] <= 1
+    assert set(summary["by_category"]) == {"math", "chat", "code"} and set(summary["by_subset"]) == {"arith", "colors", "py"}
+    correct = sum(round(v) for v in summary["by_category"].values())
+    assert summary["accuracy"] == pytest.approx(correct / 3)
+    if judge == "ipo":
+        assert 0 < summary["mean_mass"] <= 1
+    else:
+        assert 0 <= summary["parse_failures"] <= 6
+
+
+def test_prompt_search_saves_best_template(user_dirs, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS if p["category"] == "math") * 2)
+    candidates = tmp_path / "t.yaml"
+    candidates.write_text(yaml.safe_dump({"math": [
+        {"name": "terse", "user": "{instruction}\n{response}\nCorrect? Yes or No."},
+        {"name": "strict", "user": "Check the arithmetic.\nProblem: {instruction}\nAnswer: {response}\nIs it right? Yes or No."},
+    ]}))
+    result = ipo("prompts", "search", str(pairs), "--candidates", str(candidates), "-b", "llamacpp", env_dirs=user_dirs)
+    assert result.returncode == 0, result.stderr
+    assert "terse" in result.stdout and "strict" in result.stdout
+    config = yaml.safe_load((user_dirs / "config" / "config.yaml").read_text())
+    best = config["judge"]["category_templates"]["math"]
+    assert best in ("terse", "strict") and "{response}" in config["templates"][best]["user"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"math": [{"name": "x", "user": "no placeholders"}]}))
+    result = ipo("prompts", "search", str(pairs), "--candidates", str(bad), "-b", "llamacpp", env_dirs=user_dirs)
+    assert result.returncode == 1 and "lacks the placeholder" in result.stderr
+
+
+def test_bestofn_ranks_sampled_answers(user_dirs):
+    result = ipo("bestofn", "-p", "Name a fruit.", "-n", "3", "--max-tokens", "16", "--json", "-b", "llamacpp", env_dirs=user_dirs)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert 1 <= len(rows) <= 3 and [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(a["p_yes"] >= b["p_yes"] for a, b in zip(rows, rows[1:]))
