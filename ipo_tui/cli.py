@@ -55,6 +55,16 @@ def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=N
     return loaded
 
 
+def open_judge(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
+               score_precision: str = "auto", config: dict | None = None):
+    """A Judge on a freshly loaded backend, with the user's templates and thresholds."""
+    from ipo_tui.config import load_config
+    from ipo_tui.judge import Judge
+
+    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision)
+    return Judge(engine, load_config() if config is None else config)
+
+
 @app.command()
 def score(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The instruction the candidates answer."),
@@ -68,8 +78,6 @@ def score(
 ) -> None:
     """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
     from ipo_tui.candidates import Candidate, read_candidates
-    from ipo_tui.config import load_config
-    from ipo_tui.judge import Judge
 
     candidates = [Candidate(prompt or "", r) for r in response]
     for i, c in enumerate(candidates, 1):
@@ -82,7 +90,7 @@ def score(
     if not candidates:
         raise IpoError("no candidates: give --response TEXT (repeatable) or --file candidates.jsonl")
 
-    judge = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
     groups: dict[tuple[str, str | None], list[str]] = {}
     for c in candidates:
         groups.setdefault((c.prompt, c.category or category), []).append(c.response)
@@ -240,12 +248,10 @@ def judge(
 ) -> None:
     """Score the stored candidates of the judging model's own policy by p'yes."""
     from ipo_tui import pipeline
-    from ipo_tui.config import load_config
-    from ipo_tui.judge import Judge
 
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
-    engine = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
+    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
     bar, progress = _progress("judging")
     with bar:
         scored = pipeline.judge(store, engine, pipeline.policy_of(engine.backend), rows, category, progress)
@@ -263,13 +269,11 @@ def pairs_build(
 ) -> None:
     """Generate and judge whatever is missing, then propose (best, worst) pairs."""
     from ipo_tui import pipeline
-    from ipo_tui.config import load_config
-    from ipo_tui.judge import Judge
 
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    engine = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
+    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
     policy = pipeline.policy_of(engine.backend)
     for label, step in (("generating", lambda p: pipeline.generate(store, engine.backend, policy, rows, n, sampling, p)),
                         ("judging", lambda p: pipeline.judge(store, engine, policy, rows, None, p))):
@@ -363,14 +367,12 @@ def bestofn(
     score_precision: str = PrecisionOpt,
 ) -> None:
     """Sample n answers and pick the best by p'yes, showing every score."""
-    from ipo_tui.config import load_config
     from ipo_tui.evaluate import best_of_n
-    from ipo_tui.judge import Judge
 
     if not prompt.strip():
         raise IpoError("--prompt is empty: give the instruction to answer")
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    judge = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), load_config())
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
     with err.status(f"sampling {n} answers and judging them"):
         ranked = best_of_n(judge, prompt, sampling, category)
     if as_json:
@@ -397,7 +399,6 @@ def prompts_search(
 
     from ipo_tui.config import load_config, save_config
     from ipo_tui.evaluate import load_pairs, search_templates
-    from ipo_tui.judge import Judge
     from ipo_tui.prompts import BUILTIN, Template
 
     try:
@@ -415,7 +416,7 @@ def prompts_search(
                 Template(str(item.get("name") or f"{category}-{i}"), item.get("system", BUILTIN["generic"].system), item["user"]))
     pairs = load_pairs(file, limit or None)
     config = load_config()
-    judge = Judge(open_backend(backend, model, device, dtype, ctx, threads, score_precision), config)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config)
     bar, progress = _progress("searching templates")
     with bar:
         results = search_templates(judge, pairs, templates, progress)
