@@ -50,7 +50,7 @@ def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sa
 def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
           progress: Progress = lambda done, total: None) -> int:
     """Score every candidate of `policy` that `judge`'s policy has not scored yet."""
-    judge_id = _judge_id(judge)
+    judge_id = policy_of(judge.backend).judge_id
     scored = 0
     for done, prompt in enumerate(prompts, 1):
         rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter)
@@ -92,10 +92,6 @@ def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin
 
 def policy_of(backend: Backend) -> Policy:
     return Policy(backend.ref.identity, backend.adapter)
-
-
-def _judge_id(judge: Judge) -> str:
-    return policy_of(judge.backend).judge_id
 
 
 def _settings(sampling: Sampling) -> dict:
