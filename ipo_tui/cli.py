@@ -323,7 +323,7 @@ def pairs_export(
 @app.command("eval")
 def eval_pairs(
     file: str = typer.Argument(..., help="RewardBench-format pairs: prompt, chosen, rejected, subset, category?"),
-    judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 0-5 score)."),
+    judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 1-5 score)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="A fixed sample of N pairs spread over the file."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,

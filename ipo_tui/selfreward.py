@@ -10,12 +10,11 @@ import re
 
 from ipo_tui.backends.base import Backend, Sampling
 
-RUBRIC = """Rate the response to the user's request below on a scale of 0 to 5, adding points as follows:
+RUBRIC = """Rate the response to the user's request below on a scale of 1 to 5. Start at 1 point and add points as follows:
 - Add 1 point if the response is relevant and gives some information related to the request, even if incomplete.
-- Add another point if it addresses a substantial part of the request, though not all of it.
-- Add a third point if it answers the basic elements of the request in a useful way.
-- Add a fourth point if it is clearly written from an assistant's perspective, addresses the request directly and comprehensively, and is well organized.
-- Add a fifth point if it is impeccable: expert, accurate, engaging, with nothing extraneous.
+- Add another point if it addresses a substantial part of the request in a useful way, though not all of it.
+- Add a third point if it is clearly written from an assistant's perspective and answers the request directly and comprehensively.
+- Add a fourth point if it is impeccable: expert, accurate, engaging, with nothing extraneous.
 
 Request:
 {instruction}
@@ -27,10 +26,10 @@ Briefly justify your rating, then end with the line "Score: <points>"."""
 
 MAX_TOKENS = 96
 _PATTERNS = (
-    re.compile(r"score\W{0,3}(?:is|of)?\W{0,3}([0-5])(?:\.\d+)?\b", re.I),
-    re.compile(r"\b([0-5])(?:\.\d+)?\s*(?:/|out of)\s*5\b", re.I),
-    re.compile(r"\b([0-5])\s*points?\b", re.I),
-    re.compile(r"^\W*([0-5])\W*$"),
+    re.compile(r"score\W{0,3}(?:is|of)?\W{0,3}([1-5])(?:\.\d+)?\b", re.I),
+    re.compile(r"\b([1-5])(?:\.\d+)?\s*(?:/|out of)\s*5\b", re.I),
+    re.compile(r"\b([1-5])\s*points?\b", re.I),
+    re.compile(r"^\W*([1-5])\W*$"),
 )
 
 

@@ -199,6 +199,47 @@ class Store:
             if db.execute("UPDATE pairs SET status = ?, updated_at = ? WHERE id = ?", (status, now(), pair_id)).rowcount == 0:
                 raise IpoError(f"no pair with id {pair_id}")
 
+    def swap_pair(self, pair_id: int) -> None:
+        """A person says the judge had it backwards: chosen and rejected trade places."""
+        with self.transaction() as db:
+            if db.execute("UPDATE pairs SET chosen_id = rejected_id, rejected_id = chosen_id, margin = -margin, "
+                          "status = 'edited', updated_at = ? WHERE id = ?", (now(), pair_id)).rowcount == 0:
+                raise IpoError(f"no pair with id {pair_id}")
+
+    def edit_pair(self, pair_id: int, chosen: str | None = None, rejected: str | None = None,
+                  judgements: dict | None = None) -> None:
+        """Replace a side's text by a person's edit, stored as a new candidate (model 'edited') so the
+        sampled text stays; `judgements` ({"chosen"|"rejected": Judgement}) re-scores the new texts
+        under the pair's judge, and the margin follows."""
+        judgements = judgements or {}
+        with self.transaction() as db:
+            pair = db.execute("SELECT * FROM pairs WHERE id = ?", (pair_id,)).fetchone()
+            if pair is None:
+                raise IpoError(f"no pair with id {pair_id}")
+            ids = {"chosen": pair["chosen_id"], "rejected": pair["rejected_id"]}
+            for side, text in (("chosen", chosen), ("rejected", rejected)):
+                if text is None:
+                    continue
+                if not text.strip():
+                    raise IpoError(f"the edited {side} response is empty; write a response or keep the old one")
+                index = db.execute("SELECT COUNT(*) FROM candidates WHERE prompt_id = ? AND model = 'edited'",
+                                   (pair["prompt_id"],)).fetchone()[0]
+                ids[side] = db.execute(
+                    "INSERT INTO candidates (prompt_id, text, model, adapter, sample_index, seed, sampling, created_at) "
+                    "VALUES (?, ?, 'edited', '', ?, 0, '{}', ?)", (pair["prompt_id"], text, index, now())).lastrowid
+                if side in judgements:
+                    j = judgements[side]
+                    db.execute(
+                        "INSERT OR REPLACE INTO judgements (candidate_id, judge, template, category, p_yes, mass, "
+                        "logit_margin, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (ids[side], pair["judge"], j.template, j.category, j.p_yes, j.mass, j.logit_margin, now()))
+            scores = {side: db.execute("SELECT p_yes FROM judgements WHERE candidate_id = ? AND judge = ?",
+                                       (cid, pair["judge"])).fetchone() for side, cid in ids.items()}
+            margin = (scores["chosen"][0] - scores["rejected"][0]
+                      if scores["chosen"] and scores["rejected"] else pair["margin"])
+            db.execute("UPDATE pairs SET chosen_id = ?, rejected_id = ?, margin = ?, status = 'edited', updated_at = ? "
+                       "WHERE id = ?", (ids["chosen"], ids["rejected"], margin, now(), pair_id))
+
     def pairs(self, statuses: tuple[str, ...] = PAIR_STATUSES, set_name: str | None = None) -> list[sqlite3.Row]:
         """Pairs with their texts and scores, for listing and export."""
         for status in statuses:

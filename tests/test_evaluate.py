@@ -26,6 +26,7 @@ def ipo(*args, env_dirs):
 @pytest.mark.parametrize("text,score", [
     ("The response is relevant. Score: 4", 4), ("**Score:** 3/5", 3), ("I would give it 2 out of 5.", 2),
     ("Total: 5 points", 5), ("4", 4), ("Score: 1 ... on reflection, Score: 3", 3), ("It is a good answer.", None),
+    ("Score: 0", None),  # outside the 1-5 scale: not a score
 ])
 def test_parse_score(text, score):
     assert parse_score(text) == score

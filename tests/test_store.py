@@ -98,3 +98,29 @@ def test_pairs_policy_and_curation(store):
     conv = pair_records(store.pairs(("accepted",)), "trl", conversational=True)[0]
     assert conv["prompt"] == [{"role": "user", "content": "q1"}] and conv["chosen"][0]["role"] == "assistant"
     assert pair_records(store.pairs(("accepted",)), "llamafactory")[0]["instruction"] == "q1"
+
+
+def test_swap_and_edit_keep_the_sampled_texts(store):
+    store.add_prompt_set("s", "test", [{"text": "q"}])
+    [prompt] = store.prompts("s")
+    store.add_candidates(prompt["id"], "m", "", {}, [(0, 0, "good"), (1, 1, "bad")])
+    good, bad = store.candidates(prompt["id"])
+    store.add_judgements("m", [(good["id"], _judgement(0.8)), (bad["id"], _judgement(0.3))])
+    store.propose_pair(prompt["id"], "m", good["id"], bad["id"], 0.5)
+    [pair] = store.pairs()
+
+    store.swap_pair(pair["id"])
+    [swapped] = store.pairs()
+    assert (swapped["chosen"], swapped["rejected"], swapped["status"]) == ("bad", "good", "edited")
+    assert swapped["margin"] == pytest.approx(-0.5)
+
+    store.edit_pair(pair["id"], chosen="better", judgements={"chosen": _judgement(0.95)})
+    [edited] = store.pairs()
+    assert (edited["chosen"], edited["rejected"]) == ("better", "good")
+    assert edited["margin"] == pytest.approx(0.15) and edited["score_chosen"] == pytest.approx(0.95)
+    assert {c["text"] for c in store.candidates(prompt["id"])} == {"good", "bad", "better"}
+    with pytest.raises(IpoError, match="empty"):
+        store.edit_pair(pair["id"], rejected="  ")
+    assert store.pairs()[0]["rejected"] == "good"
+    with pytest.raises(IpoError, match="no pair"):
+        store.swap_pair(999)
