@@ -37,17 +37,20 @@ ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cor
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace SQLite file (default: workspace.sqlite in the user data dir).")
 PromptSetOpt = typer.Option(..., "--prompts", help="Name of an imported prompt set.")
 LimitOpt = typer.Option(None, "--limit", help="Only the first N prompts of the set.")
+AdapterOpt = typer.Option(None, "--adapter", help="A trained LoRA adapter folder (e.g. runs/dpo-001/adapter) on top of the model.")
 PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for files up to 400 MB).")
 
 
 def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
-                 score_precision: str = "auto"):
+                 score_precision: str = "auto", adapter: str | None = None):
     """Resolve the model, pick the backend, load it with a status line on stderr."""
     from ipo_tui import backends, models
 
     ref = models.resolve(model)
     name = backend if backend != "auto" else ("llamacpp" if ref.kind == "gguf" else "hf")
     options = {"score_precision": score_precision} if name == "llamacpp" else {}
+    if adapter:
+        options["adapter"] = adapter
     with err.status(f"loading {ref.name} ({name})") as status:
         loaded = backends.load(name, ref, device=device, dtype=dtype, n_ctx=ctx, threads=threads,
                                on_status=lambda msg: status.update(msg), **options)
@@ -56,12 +59,12 @@ def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=N
 
 
 def open_judge(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
-               score_precision: str = "auto", config: dict | None = None):
+               score_precision: str = "auto", config: dict | None = None, adapter: str | None = None):
     """A Judge on a freshly loaded backend, with the user's templates and thresholds."""
     from ipo_tui.config import load_config
     from ipo_tui.judge import Judge
 
-    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter)
     return Judge(engine, load_config() if config is None else config)
 
 
@@ -74,7 +77,7 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per candidate instead of a table."),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
 ) -> None:
     """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
     from ipo_tui.candidates import Candidate, read_candidates
@@ -90,7 +93,7 @@ def score(
     if not candidates:
         raise IpoError("no candidates: give --response TEXT (repeatable) or --file candidates.jsonl")
 
-    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
     groups: dict[tuple[str, str | None], list[str]] = {}
     for c in candidates:
         groups.setdefault((c.prompt, c.category or category), []).append(c.response)
@@ -198,7 +201,7 @@ def prompts_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
 def _progress(label: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
     task = bar.add_task(label, total=None)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
@@ -224,6 +227,7 @@ def generate(
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    adapter: Optional[str] = AdapterOpt,
 ) -> None:
     """Sample N candidates per prompt; a rerun resumes, keeping what is stored."""
     from ipo_tui import pipeline
@@ -231,7 +235,7 @@ def generate(
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    engine = open_backend(backend, model, device, dtype, ctx, threads)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, adapter=adapter)
     bar, progress = _progress("generating")
     with bar:
         added = pipeline.generate(store, engine, pipeline.policy_of(engine), rows, n, sampling, progress)
@@ -244,14 +248,14 @@ def judge(
     category: Optional[str] = typer.Option(None, "--category", "-c", help="Judge every prompt under this category's template."),
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
 ) -> None:
     """Score the stored candidates of the judging model's own policy by p'yes."""
     from ipo_tui import pipeline
 
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
-    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
+    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
     bar, progress = _progress("judging")
     with bar:
         scored = pipeline.judge(store, engine, pipeline.policy_of(engine.backend), rows, category, progress)
@@ -265,7 +269,7 @@ def pairs_build(
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
 ) -> None:
     """Generate and judge whatever is missing, then propose (best, worst) pairs."""
     from ipo_tui import pipeline
@@ -273,7 +277,7 @@ def pairs_build(
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
+    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
     policy = pipeline.policy_of(engine.backend)
     for label, step in (("generating", lambda p: pipeline.generate(store, engine.backend, policy, rows, n, sampling, p)),
                         ("judging", lambda p: pipeline.judge(store, engine, policy, rows, None, p))):
@@ -328,7 +332,7 @@ def eval_pairs(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
 ) -> None:
     """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
     from ipo_tui.config import load_config
@@ -338,7 +342,7 @@ def eval_pairs(
     if judge_name not in JUDGES:
         raise IpoError(f"unknown judge {judge_name!r}: choose ipo or self-reward")
     pairs = load_pairs(file, limit)
-    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter)
     bar, progress = _progress(f"evaluating ({judge_name})")
     with bar:
         result = evaluate(pairs, judge_name, Judge(engine, load_config()) if judge_name == "ipo" else None, engine, progress)
@@ -364,7 +368,7 @@ def bestofn(
     as_json: bool = typer.Option(False, "--json"),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
 ) -> None:
     """Sample n answers and pick the best by p'yes, showing every score."""
     from ipo_tui.evaluate import best_of_n
@@ -372,7 +376,7 @@ def bestofn(
     if not prompt.strip():
         raise IpoError("--prompt is empty: give the instruction to answer")
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
     with err.status(f"sampling {n} answers and judging them"):
         ranked = best_of_n(judge, prompt, sampling, category)
     if as_json:
@@ -392,7 +396,7 @@ def prompts_search(
     save: bool = typer.Option(True, "--save/--no-save", help="Keep the best template per category in the config."),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
 ) -> None:
     """Measure every candidate template's pairwise accuracy per category; keep the best."""
     import yaml
@@ -416,7 +420,7 @@ def prompts_search(
                 Template(str(item.get("name") or f"{category}-{i}"), item.get("system", BUILTIN["generic"].system), item["user"]))
     pairs = load_pairs(file, limit or None)
     config = load_config()
-    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config, adapter)
     bar, progress = _progress("searching templates")
     with bar:
         results = search_templates(judge, pairs, templates, progress)
@@ -437,6 +441,13 @@ def prompts_search(
         from ipo_tui.config import config_path
 
         out.print(f"saved the best template per category to {config_path()}")
+
+
+from ipo_tui import cli_train  # noqa: E402 - its commands use the options above
+
+app.add_typer(cli_train.train_app, name="train")
+app.command("runs")(cli_train.runs)
+app.command("loop")(cli_train.loop)
 
 
 def main() -> None:

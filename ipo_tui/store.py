@@ -240,13 +240,14 @@ class Store:
             db.execute("UPDATE pairs SET chosen_id = ?, rejected_id = ?, margin = ?, status = 'edited', updated_at = ? "
                        "WHERE id = ?", (ids["chosen"], ids["rejected"], margin, now(), pair_id))
 
-    def pairs(self, statuses: tuple[str, ...] = PAIR_STATUSES, set_name: str | None = None) -> list[sqlite3.Row]:
+    def pairs(self, statuses: tuple[str, ...] = PAIR_STATUSES, set_name: str | None = None,
+              judge: str | None = None) -> list[sqlite3.Row]:
         """Pairs with their texts and scores, for listing and export."""
         for status in statuses:
             if status not in PAIR_STATUSES:
                 raise IpoError(f"unknown pair status {status!r}: choose among {', '.join(PAIR_STATUSES)}")
         sql = (
-            "SELECT pr.id, pr.status, pr.margin, pr.judge, pr.updated_at, p.text AS prompt, p.category AS prompt_category, "
+            "SELECT pr.id, pr.prompt_id, pr.status, pr.margin, pr.judge, pr.updated_at, p.text AS prompt, p.category AS prompt_category, "
             "s.name AS prompt_set, ch.text AS chosen, rj.text AS rejected, "
             "jc.p_yes AS score_chosen, jr.p_yes AS score_rejected, jc.category AS category "
             "FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id JOIN prompt_sets s ON s.id = p.set_id "
@@ -258,4 +259,32 @@ class Store:
         args: list = list(statuses)
         if set_name is not None:
             sql, args = sql + " AND s.name = ?", args + [set_name]
+        if judge is not None:
+            sql, args = sql + " AND pr.judge = ?", args + [judge]
         return self.db.execute(sql + " ORDER BY pr.id", args).fetchall()
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    def add_run(self, run_id: str, kind: str, config: dict, folder: Path, status: str = "created") -> None:
+        stamp = now()
+        with self.transaction() as db:
+            db.execute("INSERT INTO runs (id, kind, status, config, folder, created_at, updated_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (run_id, kind, status, json.dumps(config), str(folder), stamp, stamp))
+
+    def set_run(self, run_id: str, status: str | None = None, config: dict | None = None) -> None:
+        with self.transaction() as db:
+            if status is not None:
+                db.execute("UPDATE runs SET status = ?, updated_at = ? WHERE id = ?", (status, now(), run_id))
+            if config is not None:
+                db.execute("UPDATE runs SET config = ?, updated_at = ? WHERE id = ?", (json.dumps(config), now(), run_id))
+
+    def run(self, run_id: str) -> sqlite3.Row:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise IpoError(f"no run {run_id!r}; `ipo runs` lists them")
+        return row
+
+    def runs(self, kind: str | None = None) -> list[sqlite3.Row]:
+        if kind is None:
+            return self.db.execute("SELECT * FROM runs ORDER BY created_at, id").fetchall()
+        return self.db.execute("SELECT * FROM runs WHERE kind = ? ORDER BY created_at, id", (kind,)).fetchall()

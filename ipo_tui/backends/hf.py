@@ -12,6 +12,7 @@ projection per candidate.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +26,8 @@ BATCH = 16
 
 class HFBackend(Backend):
     def __init__(self, model: ModelRef, device: str | None = None, dtype: str | None = None,
-                 n_ctx: int | None = None, threads: int | None = None, on_status=lambda msg: None):
+                 n_ctx: int | None = None, threads: int | None = None, adapter: str | None = None,
+                 on_status=lambda msg: None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -51,6 +53,8 @@ class HFBackend(Backend):
         except (OSError, ValueError) as exc:  # a missing hub, an unsupported architecture
             first = str(exc).strip().splitlines()[0]
             raise IpoError(f"could not load {model.location}: {first}") from None
+        if adapter:
+            self.model, self.adapter = _with_adapter(self.model, adapter), str(Path(adapter).resolve())
         self.ref = model
         self.device = device
         trained_ctx = getattr(self.model.config, "max_position_embeddings", None) or DEFAULT_CTX
@@ -143,6 +147,20 @@ class HFBackend(Backend):
         del self.model
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+def _with_adapter(model, adapter: str):
+    """The model with a PEFT LoRA adapter applied (kept separate, so the base weights stay as they are)."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise IpoError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json); "
+                       "give a run's adapter folder, e.g. runs/dpo-001/adapter")
+    try:
+        return PeftModel.from_pretrained(model, adapter).eval()
+    except (RuntimeError, ValueError, KeyError) as exc:  # shapes or module names of another model
+        first = str(exc).strip().splitlines()[0][:200]
+        raise IpoError(f"adapter {adapter} does not fit this model: {first}") from None
 
 
 def _native_dtype(torch, device: str) -> str:

@@ -1,0 +1,242 @@
+"""Training runs: prepare a run folder, start the trainer in a child process, follow, stop, resume.
+
+A run lives in `<workspace folder>/runs/<id>/` and in the workspace's `runs` table. The child
+(`ipo_tui.train.trainer`) records its status there itself; a run whose process died without a
+word (kill -9, power cut) shows as `interrupted` and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ipo_tui import models
+from ipo_tui.datasets import pair_records, read_records, text_field, write_records
+from ipo_tui.errors import IpoError
+from ipo_tui.store import PAIR_STATUSES, Store
+from ipo_tui.train import settings as train_settings
+from ipo_tui.train.trainer import latest_checkpoint, read_jsonl
+
+KINDS = ("dpo", "sft")
+_children: dict[str, subprocess.Popen] = {}  # processes this one started, reaped when they end
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    kind: str
+    status: str  # created, running, completed, stopped, failed, interrupted
+    folder: Path
+    config: dict
+    created_at: str
+
+    @property
+    def adapter(self) -> Path | None:
+        path = self.folder / "adapter"
+        return path if (path / "adapter_config.json").exists() else None
+
+
+def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, overrides: dict | None = None,
+            config_file: Path | None = None, init_adapter: str | None = None, run_id: str | None = None,
+            on_status=lambda msg: None) -> RunInfo:
+    """Check everything, write the run folder (config.yaml, data.jsonl) and record the run.
+
+    `data` is a file, a workspace pair selection (dpo), or rows already in the trainer's shape."""
+    if kind not in KINDS:
+        raise IpoError(f"unknown training kind {kind!r}: choose one of {', '.join(KINDS)}")
+    settings = train_settings.load(config_file, overrides)
+    if isinstance(data, list):
+        rows, data = data, f"{len(data)} rows"
+    else:
+        rows = _pairs(data, store) if kind == "dpo" else _sft_rows(data)
+    ref = models.resolve(model)
+    location = str(models.materialize_gguf(ref.path, on_status)) if ref.kind == "gguf" else ref.location
+    run_id = run_id or _new_id(store, kind)
+    folder = store.path.parent / "runs" / run_id
+    if folder.exists() and any(folder.iterdir()):
+        raise IpoError(f"{folder} exists already; choose another run id")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_records(folder / "data.jsonl", rows)
+    spec = {"id": run_id, "kind": kind, "model": location, "model_identity": ref.identity, "data_source": data,
+            "examples": len(rows), "init_adapter": init_adapter or "", "reference": settings["reference"],
+            "workspace": str(store.path.resolve()), "settings": settings}
+    (folder / "config.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    store.add_run(run_id, kind, spec, folder)
+    return info(store, run_id)
+
+
+def launch(run: RunInfo, store: Store) -> RunInfo:
+    """Start (or restart) the trainer on a prepared run; returns at once."""
+    log = open(run.folder / "train.log", "a")
+    # its own session: closing the app or the terminal does not kill a run; Ctrl-C is forwarded by `follow`
+    child = subprocess.Popen([sys.executable, "-m", "ipo_tui.train.trainer", str(run.folder)],
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    _children[run.id] = child
+    (run.folder / "pid").write_text(str(child.pid))
+    (run.folder / "error.txt").unlink(missing_ok=True)
+    store.set_run(run.id, "running")
+    return info(store, run.id)
+
+
+def start(kind: str, pairs: str, model: str | None, overrides: dict, store: Store, **options) -> RunInfo:
+    return launch(prepare(kind, pairs, model, store, overrides, **options), store)
+
+
+def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: None, poll: float = 0.5) -> RunInfo:
+    """Wait for a run's process, reporting progress; Ctrl-C asks the trainer to stop cleanly."""
+    seen = 0
+    try:
+        while _alive(run):
+            metrics = read_metrics(run.folder)
+            on_progress(_progress(run.folder), metrics[seen:])
+            seen = len(metrics)
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        stop(run.id, store)
+        while _alive(run):
+            time.sleep(poll)
+    on_progress(_progress(run.folder), read_metrics(run.folder)[seen:])
+    return info(store, run.id)
+
+
+def stop(run_id: str, store: Store) -> None:
+    """Ask a running trainer to save a checkpoint and stop."""
+    run = info(store, run_id)
+    if run.status != "running":
+        raise IpoError(f"run {run_id} is {run.status}, not running")
+    os.kill(_pid(run), signal.SIGTERM)
+
+
+def resume(run_id: str, store: Store) -> RunInfo:
+    run = info(store, run_id)
+    if run.status in ("running", "completed"):
+        raise IpoError(f"run {run_id} is {run.status}; only a stopped, failed or interrupted run resumes")
+    return launch(run, store)
+
+
+def info(store: Store, run_id: str) -> RunInfo:
+    row = store.run(run_id)
+    run = RunInfo(row["id"], row["kind"], row["status"], Path(row["folder"]), json.loads(row["config"]), row["created_at"])
+    if run.status == "running" and not _alive(run):  # the process died without recording why
+        store.set_run(run.id, "interrupted")
+        return info(store, run_id)
+    return run
+
+
+def list_runs(store: Store, kind: str | None = None) -> list[RunInfo]:
+    return [info(store, row["id"]) for row in store.runs(kind)]
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    return read_jsonl(folder / "metrics.jsonl")
+
+
+def log_tail(folder: Path, lines: int = 20) -> list[str]:
+    path = folder / "train.log"
+    if not path.exists():
+        return []
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 64_000))
+        return fh.read().decode("utf-8", "replace").splitlines()[-lines:]
+
+
+def last_checkpoint_step(run: RunInfo) -> int:
+    checkpoint = latest_checkpoint(run.folder)
+    return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
+
+def _progress(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _pid(run: RunInfo) -> int:
+    try:
+        return int((run.folder / "pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _alive(run: RunInfo) -> bool:
+    child = _children.get(run.id)
+    if child is not None:
+        return child.poll() is None
+    pid = _pid(run)
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:  # a reused pid runs something else
+            if b"ipo_tui.train.trainer" not in fh.read():
+                return False
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def _new_id(store: Store, kind: str) -> str:
+    taken = {row["id"] for row in store.runs()}
+    n = len(store.runs(kind)) + 1
+    while f"{kind}-{n:03d}" in taken:
+        n += 1
+    return f"{kind}-{n:03d}"
+
+
+def _pairs(source: str, store: Store) -> list[dict]:
+    """Pairs from a file (TRL shape) or a workspace selection `STATUS[,STATUS...][@SET]`."""
+    if Path(source).expanduser().exists() or "." in Path(source).name:
+        rows = []
+        for where, row in read_records(source):
+            rows.append({key: _turns(where, row, key) for key in ("prompt", "chosen", "rejected")})
+        if not rows:
+            raise IpoError(f"{source} holds no pairs")
+        return rows
+    statuses, _, set_name = source.partition("@")
+    wanted = tuple(s.strip() for s in statuses.split(",") if s.strip())
+    unknown = [s for s in wanted if s not in PAIR_STATUSES]
+    if unknown or not wanted:
+        raise IpoError(f"--pairs {source}: give a pair file, or statuses among {', '.join(PAIR_STATUSES)} "
+                       "(e.g. accepted,edited or accepted@SET)")
+    stored = store.pairs(wanted, set_name or None)
+    if not stored:
+        where = f" in prompt set {set_name!r}" if set_name else ""
+        raise IpoError(f"no {'/'.join(wanted)} pairs{where} in {store.path}; build and curate some "
+                       "(`ipo pairs build`, `ipo pairs list`) or pass --pairs proposed")
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pair_records(stored, "trl", conversational=True)]
+
+
+def _turns(where: str, row: dict, key: str):
+    """A field as chat turns: text becomes one user (prompt) or assistant turn; turns stay as they are."""
+    value = row.get(key)
+    if isinstance(value, list) and value and all(isinstance(t, dict) and "role" in t for t in value):
+        return value
+    return [{"role": "user" if key == "prompt" else "assistant", "content": text_field(where, row, key)}]
+
+
+def _sft_rows(source: str) -> list[dict]:
+    """prompt/response records (also prompt/completion) as conversational prompt-completion rows."""
+    rows = []
+    for where, row in read_records(source):
+        answer = "response" if "response" in row or "completion" not in row else "completion"
+        rows.append({"prompt": [{"role": "user", "content": text_field(where, row, "prompt")}],
+                     "completion": [{"role": "assistant", "content": text_field(where, row, answer)}]})
+    if not rows:
+        raise IpoError(f"{source} holds no examples")
+    return rows

@@ -1,0 +1,185 @@
+"""The training process: `python -m ipo_tui.train.trainer RUN_FOLDER`.
+
+The runner prepares RUN_FOLDER (config.yaml, data.jsonl) and starts this in a child process, so
+the terminal or the app stays responsive and a crash of one never takes the other down. It trains
+a LoRA adapter with TRL (DPOTrainer or SFTTrainer) and leaves in the folder:
+  metrics.jsonl   one JSON line per logged step (the dashboard tails it)
+  progress.json   the current step and the total, rewritten each step
+  checkpoints/    Trainer checkpoints; a new start resumes from the last one
+  adapter/        the final adapter (PEFT save_pretrained), written when training completes
+SIGINT or SIGTERM asks for a clean stop: a checkpoint is saved at the end of the current step.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import yaml
+
+from ipo_tui.store import Store
+
+METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+               "learning_rate", "grad_norm", "mean_token_accuracy")
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    steps = [(int(p.name.split("-")[-1]), p) for p in (folder / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
+    return max(steps)[1] if steps else None
+
+
+def _callback(folder: Path, stop: StopRequest):
+    from transformers import TrainerCallback
+
+    metrics_path, progress_path = folder / "metrics.jsonl", folder / "progress.json"
+
+    class Bookkeeping(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            # a resumed run drops the lines logged after its checkpoint, so steps never repeat
+            rows = [r for r in read_jsonl(metrics_path) if r["step"] <= state.global_step]
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            self.offset = rows[-1]["elapsed_s"] if rows else 0.0
+            self.start, self.first_step = time.monotonic(), state.global_step
+            self._progress(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._progress(state)
+            if stop.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return  # the end-of-training summary
+            spent = time.monotonic() - self.start
+            per_step = spent / max(1, state.global_step - self.first_step)
+            row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0, 4)}
+            row.update({k: logs[k] for k in METRIC_KEYS if k in logs})
+            row["elapsed_s"] = round(self.offset + spent, 2)
+            row["eta_s"] = round(per_step * (state.max_steps - state.global_step), 1)
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+        def _progress(self, state):
+            tmp = progress_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"step": state.global_step, "max_steps": state.max_steps}))
+            tmp.replace(progress_path)
+
+    return Bookkeeping()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: what came before it stands
+    return rows
+
+
+def build_trainer(folder: Path, spec: dict, callbacks=()):
+    """The TRL trainer a run folder describes (also used by benchmarks/train.py)."""
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    s = spec["settings"]
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()  # CPUs without native bf16 run it ~10x slower
+    dtype = torch.bfloat16 if bf16 else (torch.float16 if cuda else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32 if not bf16 else dtype)
+    peft_config = None
+    if spec.get("init_adapter"):  # a loop iteration continues the previous adapter
+        model = PeftModel.from_pretrained(model, spec["init_adapter"], is_trainable=True)
+    else:
+        peft_config = LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
+                                 target_modules=s["lora_target_modules"], task_type="CAUSAL_LM")
+    common = dict(
+        output_dir=str(folder / "checkpoints"), per_device_train_batch_size=s["batch_size"],
+        gradient_accumulation_steps=s["grad_accum"], num_train_epochs=s["epochs"], learning_rate=s["learning_rate"],
+        warmup_steps=s["warmup_ratio"], logging_steps=s["logging_steps"], save_strategy="steps",
+        save_steps=s["save_steps"], save_total_limit=2, seed=s["seed"], bf16=bf16, fp16=cuda and not bf16,
+        max_length=s["max_length"], report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+    )
+    # TRL turns activation checkpointing on by default; recomputing activations costs a third more time
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"  # the name before transformers 5
+    common[checkpointing] = False
+    data = load_dataset("json", data_files=str(folder / "data.jsonl"), split="train")
+    if spec["kind"] == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=data, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=list(callbacks))
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(**common, beta=s["beta"], loss_type=[s["loss_type"]])
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=list(callbacks))
+    if spec.get("reference") == "base" and "ref" in trainer.model.peft_config:
+        trainer.model.delete_adapter("ref")  # TRL falls back to the adapter-free base model as reference
+    return trainer
+
+
+def train(folder: Path) -> str:
+    """Train the run in `folder`; returns its final status (completed or stopped)."""
+    spec = yaml.safe_load((folder / "config.yaml").read_text())
+    stop = StopRequest()
+    trainer = build_trainer(folder, spec, [_callback(folder, stop)])
+    checkpoint = latest_checkpoint(folder)
+    if checkpoint is not None:
+        print(f"resuming from {checkpoint.name}", flush=True)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.requested:
+        return "stopped"
+    trainer.model.save_pretrained(str(folder / "adapter"), selected_adapters=["default"])
+    trainer.processing_class.save_pretrained(str(folder / "adapter"))
+    return "completed"
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0]).resolve()
+    spec = yaml.safe_load((folder / "config.yaml").read_text())
+    store = Store(Path(spec["workspace"]))
+    store.set_run(spec["id"], "running")
+    try:
+        status = train(folder)
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded in the run, then re-raised
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        (folder / "error.txt").write_text(message + "\n")
+        store.set_run(spec["id"], "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+        return 1
+    store.set_run(spec["id"], status)
+    print(f"{status}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
