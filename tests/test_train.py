@@ -1,0 +1,181 @@
+"""LoRA-DPO/SFT runs in a child process: learning, stop, kill -9 and resume, the loop, bad settings.
+
+A tiny randomly initialised llama with the embedded model's tokenizer keeps each run to seconds;
+the trainer is the real one (TRL + PEFT in a child process).
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ipo_tui.backends.base import Sampling
+from ipo_tui.errors import IpoError
+from ipo_tui.store import Store
+from ipo_tui.train import runner, settings
+
+PAIRS = [
+    {"prompt": "What is 2+2?", "chosen": "4.", "rejected": "Banana bread is tasty and I like it a lot."},
+    {"prompt": "Name a color.", "chosen": "Blue.", "rejected": "The weather is nice today, maybe later."},
+    {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "I do not know anything about it at all."},
+    {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Goodbye forever and ever, my old friend."},
+]
+FAST = {"learning_rate": 5e-3, "batch_size": 2, "lora_r": 8, "lora_alpha": 16}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from ipo_tui import models
+
+    tokenizer = AutoTokenizer.from_pretrained(models.materialize_gguf(models.resolve(None).path))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "ws" / "workspace.sqlite")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def pair_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return str(path)
+
+
+def _wait_for(condition, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_training_learns(store, pair_file, tiny_model):
+    run = runner.start("dpo", pair_file, tiny_model, dict(FAST, epochs=6), store)
+    run = runner.follow(run, store)
+    assert run.status == "completed", runner.log_tail(run.folder)
+    metrics = runner.read_metrics(run.folder)
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # the adapter starts as the reference
+    assert min(m["loss"] for m in metrics[-3:]) < math.log(2) - 0.1
+    assert metrics[-1]["rewards/accuracies"] > metrics[0]["rewards/accuracies"]
+    assert metrics[-1]["rewards/margins"] > 0
+    for key in ("epoch", "rewards/chosen", "rewards/rejected", "learning_rate", "grad_norm", "elapsed_s", "eta_s"):
+        assert key in metrics[-1]
+    assert (run.adapter / "adapter_model.safetensors").exists()
+    assert (run.folder / "config.yaml").exists() and run.config["settings"]["learning_rate"] == 5e-3
+
+
+def test_stop_then_kill_then_resume(store, pair_file, tiny_model):
+    run = runner.start("dpo", pair_file, tiny_model, dict(FAST, epochs=10, save_steps=3), store)
+    _wait_for(lambda: runner._progress(run.folder).get("step", 0) >= 2)
+    runner.stop(run.id, store)  # what Ctrl-C and the app's stop key do
+    run = runner.follow(run, store)
+    assert run.status == "stopped"
+    stopped_at = runner.last_checkpoint_step(run)
+    assert stopped_at >= 2 and runner.read_metrics(run.folder)[-1]["step"] == stopped_at
+
+    run = runner.resume(run.id, store)
+    _wait_for(lambda: runner.last_checkpoint_step(run) >= 6)
+    os.kill(int((run.folder / "pid").read_text()), signal.SIGKILL)
+    _wait_for(lambda: runner.info(store, run.id).status != "running", 30)
+    run = runner.info(store, run.id)
+    assert run.status == "interrupted" and run.adapter is None
+    checkpoint = runner.last_checkpoint_step(run)
+
+    run = runner.follow(runner.resume(run.id, store), store)
+    assert run.status == "completed" and run.adapter is not None
+    steps = [m["step"] for m in runner.read_metrics(run.folder)]
+    assert steps == list(range(1, 21))  # no step lost, none logged twice across the restarts
+    assert f"resuming from checkpoint-{checkpoint}" in "\n".join(runner.log_tail(run.folder, 400))
+    with pytest.raises(IpoError, match="completed"):
+        runner.resume(run.id, store)
+
+
+def test_sft_run(store, tmp_path, tiny_model):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p["prompt"], "response": p["chosen"]}) + "\n" for p in PAIRS))
+    run = runner.follow(runner.start("sft", str(data), tiny_model, dict(FAST, epochs=2), store), store)
+    assert run.status == "completed", runner.log_tail(run.folder)
+    metrics = runner.read_metrics(run.folder)
+    assert len(metrics) == 4 and metrics[-1]["loss"] < metrics[0]["loss"]
+    assert run.adapter is not None
+
+
+def test_one_loop_iteration(store, tmp_path, tiny_model):
+    from ipo_tui import backends, loop, models, pipeline
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in PAIRS + PAIRS[:1]))
+    from ipo_tui.datasets import load_prompts
+
+    store.add_prompt_set("tiny", str(prompts), load_prompts(str(prompts)))
+    loop_id = loop.start(store, "tiny", 1, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), holdout=0.2,
+                         overrides=dict(FAST, epochs=1))
+    record = loop.run(store, loop_id, on_event=lambda message: None)
+    [iteration] = record["done"]
+    assert iteration["pairs"] == 4 and set(iteration["seconds"]) >= {"generate", "judge", "pairs", "train", "evaluate"}
+    assert iteration["eval"]["held_out_prompts"] == 1 and iteration["eval"]["held_out_agreement"] in (0.0, 1.0)
+    assert runner.info(store, loop_id).status == "completed"
+    assert runner.info(store, iteration["train_run"]).status == "completed"
+
+    # the trained policy's candidates are stored under its adapter, apart from the base's
+    base = models.resolve(tiny_model).identity
+    prompt = store.prompts("tiny")[-1]
+    by_adapter = {c["adapter"] for c in store.candidates(prompt["id"], base, iteration["adapter"])}
+    assert by_adapter == {iteration["adapter"]}
+    engine = backends.load("hf", models.resolve(tiny_model), adapter=iteration["adapter"])
+    assert pipeline.policy_of(engine).adapter == iteration["adapter"]
+    engine.close()
+    assert loop.run(store, loop_id, on_event=lambda m: None)["done"] == record["done"]  # nothing left to do
+
+
+def test_settings_are_checked(tmp_path):
+    assert settings.load()["beta"] == 0.1
+    assert settings.load(overrides={"learning_rate": "1e-4"})["learning_rate"] == 1e-4
+    with pytest.raises(IpoError, match="unknown training setting 'lr'"):
+        settings.load(overrides={"lr": 1e-4})
+    with pytest.raises(IpoError, match="epochs should be int"):
+        settings.load(overrides={"epochs": "two"})
+    bad = tmp_path / "train.yaml"
+    bad.write_text("beta: [0.1\n")
+    with pytest.raises(IpoError, match="not valid YAML"):
+        settings.load(bad)
+    with pytest.raises(IpoError, match="reference must be"):
+        settings.load(overrides={"reference": "teacher"})
+
+
+def test_cli_bad_input_is_one_line(tmp_path, tiny_model):
+    env = dict(os.environ, IPO_CONFIG_DIR=str(tmp_path / "c"), IPO_DATA_DIR=str(tmp_path / "d"))
+
+    def ipo(*args):
+        return subprocess.run([sys.executable, "-m", "ipo_tui", *args], capture_output=True, text=True, env=env, timeout=120)
+
+    result = ipo("train", "dpo", "--model", tiny_model)
+    assert result.returncode == 1 and "no accepted pairs" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = ipo("train", "dpo", "--pairs", "nothere.jsonl", "--model", tiny_model)
+    assert result.returncode == 1 and "nothere.jsonl does not exist" in result.stderr
+    result = ipo("train", "dpo", "--pairs", "accepted", "--set", "lr=1")
+    assert result.returncode == 1 and "unknown training setting" in result.stderr
+    result = ipo("train", "resume", "dpo-404")
+    assert result.returncode == 1 and "no run 'dpo-404'" in result.stderr
+    defaults = ipo("train", "defaults")
+    assert defaults.returncode == 0 and "lora_r: 16" in defaults.stdout
