@@ -8,18 +8,33 @@ Precision: llama.cpp multiplies quantized weights with 8-bit activations, which 
 model's p'yes by up to 0.06. With `score_precision="auto"`, small quantized files (up to
 SMALL_FILE bytes) are scored from a full-precision F32 copy of the same weights (also faster at
 prompt processing on CPU), while generation keeps the quantized file's speed.
+
+Adapters: `adapter` is a GGUF LoRA file or a PEFT adapter folder, which is converted once into
+the user cache (gguf-lora/) and applied to both instances, the generating and the scoring one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
+import logging
 import os
 import weakref
+from pathlib import Path
 
 import numpy as np
 
-from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, plain_chat
+from ipo_tui import config
+from ipo_tui.backends.base import (
+    Backend,
+    Capabilities,
+    Sampling,
+    common_length,
+    plain_chat,
+)
 from ipo_tui.errors import IpoError
-from ipo_tui.models import ModelRef, dequantized_gguf, gguf_metadata, info
+from ipo_tui.models import ModelRef, dequantized_gguf, gguf_metadata, info, is_gguf
 
 DEFAULT_CTX = 4096
 SMALL_FILE = 400_000_000
@@ -29,7 +44,7 @@ _FULL_PRECISION = {0, 1, 32}  # general.file_type of F32, F16, BF16 files
 class LlamaCppBackend(Backend):
     def __init__(self, model: ModelRef, device: str | None = None, dtype: str | None = None,
                  n_ctx: int | None = None, threads: int | None = None, score_precision: str = "auto",
-                 on_status=lambda msg: None):
+                 adapter: str | None = None, on_status=lambda msg: None):
         if model.kind != "gguf":
             raise IpoError(f"the llamacpp backend needs a GGUF file; {model.location} is not one (use --backend hf)")
         if dtype not in (None, "auto"):
@@ -48,14 +63,17 @@ class LlamaCppBackend(Backend):
         quantized = gguf_metadata(model.path).get("general.file_type") not in _FULL_PRECISION
         if score_precision == "auto":
             score_precision = "f32" if quantized and model.path.stat().st_size <= SMALL_FILE else "native"
+        adapter_path = Path(adapter).expanduser().resolve() if adapter else None
+        lora = _lora_file(adapter_path, model, on_status) if adapter_path else None
         on_status(f"loading {model.name} with llama.cpp")
-        self._generator = _load(llama_cpp, model.path, n_ctx, threads, gpu)
+        self._generator = _load(llama_cpp, model.path, n_ctx, threads, gpu, lora)
         self.llm = self._generator  # the instance that scores
         if score_precision == "f32" and quantized:
-            self.llm = _load(llama_cpp, dequantized_gguf(model.path, on_status), n_ctx, threads, gpu)
+            self.llm = _load(llama_cpp, dequantized_gguf(model.path, on_status), n_ctx, threads, gpu, lora)
         # llama_cpp's own __del__ fails at interpreter exit; close while the module still exists
         self._finalizer = weakref.finalize(self, _close_all, {self.llm, self._generator})
         self.ref = model
+        self.adapter = str(adapter_path) if adapter_path else ""  # what candidates made with it record
         file_type = _file_type(self._generator)
         if self.llm is not self._generator:
             file_type += " (scores in f32)"
@@ -127,12 +145,57 @@ class LlamaCppBackend(Backend):
         self._finalizer()
 
 
-def _load(llama_cpp, path, n_ctx: int, threads: int, gpu: bool):
+def _lora_file(adapter: Path, model: ModelRef, on_status) -> Path:
+    """The GGUF LoRA file for `adapter`: the file itself, or a PEFT folder's conversion (made once)."""
+    if adapter.is_dir():
+        from ipo_tui.train.export import cache_key, peft_to_gguf_lora
+
+        target = config.cache_dir() / "gguf-lora" / f"{cache_key(adapter, model)}.gguf"
+        if not target.is_file():
+            on_status(f"converting adapter {adapter} to GGUF (once)")
+            peft_to_gguf_lora(adapter, target, base=model)
+        return target
+    if not adapter.is_file():
+        raise IpoError(f"adapter {adapter} not found: give a PEFT adapter folder or a GGUF LoRA file")
+    if not is_gguf(adapter) or gguf_metadata(adapter).get("general.type") != "adapter":
+        raise IpoError(f"{adapter} is not a GGUF LoRA adapter: give a PEFT adapter folder or a GGUF LoRA file")
+    return adapter
+
+
+def _load(llama_cpp, path, n_ctx: int, threads: int, gpu: bool, lora: Path | None = None):
     try:
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                               n_gpu_layers=-1 if gpu else 0, logits_all=False, verbose=False)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                              n_gpu_layers=-1 if gpu else 0, logits_all=False, verbose=False)
     except ValueError as exc:
         raise IpoError(f"llama.cpp could not load {path}: {exc}") from None
+    if lora:
+        _apply_lora(llama_cpp, llm, lora, path)
+    return llm
+
+
+def _apply_lora(llama_cpp, llm, lora: Path, path) -> None:
+    """Apply a GGUF LoRA to llm's context through the C API. Llama(lora_path=...) misses a refused
+    adapter (it compares a NULL ctypes pointer with None, then runs with it) and turns mmap off.
+    The adapter is freed with the model."""
+    # llama.cpp says why it refuses an adapter only in its log, which llama-cpp-python prints to
+    # sys.stderr at level DEBUG (its level table predates ggml's renumbering): catch it there.
+    logger, log = logging.getLogger("llama-cpp-python"), io.StringIO()
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with contextlib.redirect_stderr(log):
+            adapter = llama_cpp.llama_adapter_lora_init(llm.model, str(lora).encode())
+    finally:
+        logger.setLevel(level)
+    if not adapter:
+        llm.close()
+        refusal = [line for line in log.getvalue().splitlines() if "failed to apply lora adapter: " in line]
+        reason = refusal[-1].split("failed to apply lora adapter: ")[-1] if refusal else "it was refused"
+        raise IpoError(f"llama.cpp could not apply adapter {lora} to {path}: {reason}")
+    if llama_cpp.llama_set_adapters_lora(llm.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
+                                         (ctypes.c_float * 1)(1.0)):
+        llm.close()
+        raise IpoError(f"llama.cpp could not set adapter {lora} on its context for {path}")
 
 
 def _close_all(instances) -> None:
