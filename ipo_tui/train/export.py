@@ -31,6 +31,7 @@ GGUF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
 # convert_hf_to_gguf reorders the rows of q/k weights of these archs for llama.cpp's RoPE layout
 # (LlamaModel.permute); a LoRA B must have its rows reordered the same way.
 _PERMUTES_QK = {"llama"}
+_FORMAT = 1  # bump when the conversion changes, so cached conversions are redone
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight$")
 
 
@@ -91,11 +92,12 @@ def _adapter_base(adapter_dir: Path, config: dict) -> ModelRef:
 
 
 def cache_key(adapter_dir: Path, base: ModelRef | None = None) -> str:
-    """A digest of the adapter's files and of the base shape the conversion depends on."""
+    """A digest of what the conversion reads: the weights, the scaling, the base shape, the format.
+    Not the raw config file: PEFT writes target_modules from a set, in an order that varies."""
     config = adapter_config(adapter_dir)
-    digest = hashlib.sha256(repr(base_shape(adapter_dir, config, base)).encode())
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        digest.update((adapter_dir / name).read_bytes())
+    read = (_FORMAT, base_shape(adapter_dir, config, base), config["lora_alpha"], config.get("use_rslora"))
+    digest = hashlib.sha256(repr(read).encode())
+    digest.update((adapter_dir / ADAPTER_WEIGHTS).read_bytes())
     return digest.hexdigest()[:16]
 
 
