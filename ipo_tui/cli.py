@@ -304,6 +304,32 @@ def pairs_list(
     out.print(table)
 
 
+def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> None:
+    store = open_store(workspace)
+    if min_margin is not None:  # bulk: every proposed pair at or above the margin
+        ids = ids + [r["id"] for r in store.pairs(("proposed",)) if r["margin"] >= min_margin]
+    if not ids:
+        raise IpoError("name pair ids (see `ipo pairs list`) or give --min-margin")
+    store.set_pair_status(ids, status)
+    out.print(f"{status} {len(ids)} pair(s)")
+
+
+@pairs_app.command("accept")
+def pairs_accept(
+    ids: list[int] = typer.Argument(None, help="Pair ids."),
+    min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Also every proposed pair with at least this margin."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Accept pairs for training (`ipo train dpo --pairs accepted`)."""
+    _mark("accepted", ids or [], min_margin, workspace)
+
+
+@pairs_app.command("reject")
+def pairs_reject(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Reject pairs: they are kept, but never trained on."""
+    _mark("rejected", ids, None, workspace)
+
+
 @pairs_app.command("export")
 def pairs_export(
     out_path: Path = typer.Option(..., "--out", help="FILE.jsonl or FILE.parquet"),
@@ -443,9 +469,10 @@ def prompts_search(
         out.print(f"saved the best template per category to {config_path()}")
 
 
-from ipo_tui import cli_train  # noqa: E402 - its commands use the options above
+from ipo_tui import cli_export, cli_train  # noqa: E402 - their commands use the options above
 
 app.add_typer(cli_train.train_app, name="train")
+app.add_typer(cli_export.app, name="export")
 app.command("runs")(cli_train.runs)
 app.command("loop")(cli_train.loop)
 

@@ -192,12 +192,15 @@ class Store:
                 "WHERE pairs.status = 'proposed'",
                 (prompt_id, chosen_id, rejected_id, judge, margin, now()))
 
-    def set_pair_status(self, pair_id: int, status: str) -> None:
+    def set_pair_status(self, pair_ids: int | list[int], status: str) -> None:
+        """Curate one pair or several at once (all of them, or none if an id is unknown)."""
         if status not in PAIR_STATUSES:
             raise IpoError(f"unknown pair status {status!r}: choose one of {', '.join(PAIR_STATUSES)}")
         with self.transaction() as db:
-            if db.execute("UPDATE pairs SET status = ?, updated_at = ? WHERE id = ?", (status, now(), pair_id)).rowcount == 0:
-                raise IpoError(f"no pair with id {pair_id}")
+            for pair_id in [pair_ids] if isinstance(pair_ids, int) else pair_ids:
+                if db.execute("UPDATE pairs SET status = ?, updated_at = ? WHERE id = ?",
+                              (status, now(), pair_id)).rowcount == 0:
+                    raise IpoError(f"no pair with id {pair_id}; nothing was changed")
 
     def swap_pair(self, pair_id: int) -> None:
         """A person says the judge had it backwards: chosen and rejected trade places."""

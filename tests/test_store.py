@@ -124,3 +124,18 @@ def test_swap_and_edit_keep_the_sampled_texts(store):
     assert store.pairs()[0]["rejected"] == "good"
     with pytest.raises(IpoError, match="no pair"):
         store.swap_pair(999)
+
+
+def test_bulk_curation_is_all_or_nothing(store):
+    store.add_prompt_set("s", "test", [{"text": "q1"}, {"text": "q2"}])
+    for prompt in store.prompts("s"):
+        store.add_candidates(prompt["id"], "m", "", {}, [(0, 0, "a"), (1, 1, "b")])
+        a, b = store.candidates(prompt["id"])
+        store.add_judgements("m", [(a["id"], _judgement(0.9)), (b["id"], _judgement(0.1))])
+        store.propose_pair(prompt["id"], "m", a["id"], b["id"], 0.8)
+    ids = [p["id"] for p in store.pairs()]
+    with pytest.raises(IpoError, match="no pair with id 999; nothing was changed"):
+        store.set_pair_status([*ids, 999], "accepted")
+    assert {p["status"] for p in store.pairs()} == {"proposed"}
+    store.set_pair_status(ids, "accepted")
+    assert {p["status"] for p in store.pairs()} == {"accepted"}
