@@ -167,6 +167,7 @@ def loop(
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Name of an imported prompt set (a new loop)."),
     iterations: int = typer.Option(1, "--iterations", "-k", help="Adapters to train, one per iteration."),
     n: int = typer.Option(4, "-n", help="Candidates per prompt."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts of the set."),
     resume_id: Optional[str] = typer.Option(None, "--resume", help="Continue this loop where it stopped."),
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the prompts kept out of training to measure each new policy."),
@@ -188,7 +189,7 @@ def loop(
             raise IpoError("give --prompts NAME to start a loop, or --resume LOOP to continue one (`ipo runs` lists them)")
         resume_id = loops.start(store, prompts, iterations, n, backend, model,
                                 _sampling(n, temperature, top_p, max_tokens, seed), min_margin, holdout,
-                                overrides(set_), config, eval_file, eval_limit)
+                                overrides(set_), config, eval_file, eval_limit, limit)
         out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")
     bar, progress = _progress("working")
     with bar:

@@ -31,13 +31,14 @@ Events = Callable[[str], None]
 
 def start(store: Store, prompts: str, iterations: int, n: int, backend: str, model: str | None,
           sampling: Sampling, min_margin: float = 0.0, holdout: float = 0.1, overrides: dict | None = None,
-          config_file: Path | None = None, eval_file: str | None = None, eval_limit: int = 64) -> str:
+          config_file: Path | None = None, eval_file: str | None = None, eval_limit: int = 64,
+          limit: int | None = None) -> str:
     """Record a new loop (checked in full before anything runs); returns its id."""
     if iterations < 1 or n < 2:
         raise IpoError("a loop needs --iterations >= 1 and -n >= 2 (a pair needs two candidates)")
     if not 0 <= holdout < 1:
         raise IpoError(f"--holdout {holdout}: give a fraction in [0, 1)")
-    rows = store.prompts(prompts)
+    rows = store.prompts(prompts, limit)
     if len(rows) < 2:
         raise IpoError(f"prompt set {prompts!r} has {len(rows)} prompt(s); a loop needs at least 2")
     settings = train_settings.load(config_file, overrides)
@@ -48,7 +49,7 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
     loop_id = f"loop-{len(store.runs('loop')) + 1:03d}"
     folder = store.path.parent / "runs" / loop_id
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"prompts": prompts, "iterations": iterations, "n": n, "backend": backend, "model": model or "",
+    spec = {"prompts": prompts, "limit": limit, "iterations": iterations, "n": n, "backend": backend, "model": model or "",
             "sampling": sampling.__dict__, "min_margin": min_margin, "holdout": holdout,
             "held_out": max(1, round(len(rows) * holdout)) if holdout else 0, "settings": settings,
             "eval_file": eval_file or "", "eval_limit": eval_limit, "done": []}
@@ -77,7 +78,7 @@ def run(store: Store, loop_id: str, on_event: Events = print, on_progress=lambda
 
 
 def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events, on_progress, on_train) -> dict:
-    prompts = store.prompts(spec["prompts"])
+    prompts = store.prompts(spec["prompts"], spec["limit"])
     cut = len(prompts) - spec["held_out"]
     train_prompts, held_out = prompts[:cut], prompts[cut:]
     adapter = spec["done"][-1]["adapter"] if spec["done"] else ""
@@ -129,7 +130,7 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
         evaluation = stage("evaluate", lambda: _evaluate(store, engine, policy, held_out, spec, sampling, on_progress))
     finally:
         engine.close()
-    on_event(f"iteration {k + 1}: done {evaluation}")
+    on_event(f"iteration {k + 1}: done")
     return {"iteration": k + 1, "policy": policy.judge_id, "adapter": new_adapter, "train_run": run_id,
             "pairs": len(pairs), "seconds": times, "eval": evaluation}
 

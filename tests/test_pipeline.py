@@ -73,6 +73,12 @@ def test_build_export_and_trl_accepts(user_dirs, prompt_set, tmp_path):
     assert all(c > r for c, r in zip(data["score_chosen"], data["score_rejected"]))
     _one_dpo_step(data, tmp_path)
 
+    bad = ipo("pairs", "reject", "1", "99999", env_dirs=user_dirs, check=False)
+    assert bad.returncode == 1 and "no pair with id 99999; nothing was changed" in bad.stderr
+    assert f"accepted {n_pairs} pair(s)" in ipo("pairs", "accept", "--min-margin", "0", env_dirs=user_dirs).stdout
+    with sqlite3.connect(prompt_set) as db:
+        assert db.execute("SELECT DISTINCT status FROM pairs").fetchall() == [("accepted",)]
+
 
 def _one_dpo_step(data, tmp_path):
     from peft import LoraConfig

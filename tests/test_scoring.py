@@ -39,9 +39,13 @@ def test_variant_ids_and_probabilities(hf_judge):
     assert len({round(j.p_yes, 6) for j in judgements}) == len(ANSWERS)  # the responses matter
 
 
+@pytest.mark.parametrize("batch", [1, 16])  # CPU scores one suffix at a time; a GPU batches padded rows
 @pytest.mark.parametrize("question", [QUESTION, "Which city is the capital of France?", QUESTION])
-def test_prefix_cached_batch_equals_full_forward(hf_backend, hf_judge, question):
+def test_prefix_cached_batch_equals_full_forward(hf_backend, hf_judge, question, batch, monkeypatch):
     # the second and third runs start from the cache the previous one kept (partly, then wholly shared)
+    from ipo_tui.backends import hf
+
+    monkeypatch.setitem(hf.BATCH, "cpu", batch)
     template = hf_judge.template_for("chat")
     tokens = [hf_judge.render(template, question, a)[0] for a in ANSWERS * 5]  # 20 > one batch of 16
     prefix, suffixes = split_common_prefix(tokens)

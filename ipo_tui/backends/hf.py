@@ -1,6 +1,7 @@
 """transformers on CUDA (bf16 where the GPU computes it, else fp16) or CPU (fp32).
 
-Scoring runs the shared prefix once, then the suffixes in batches on copies of its KV cache. The
+Scoring runs the shared prefix once, then the suffixes on copies of its KV cache (one at a time
+on a CPU, which gains nothing from batching but pays for padding; in batches on a GPU). The
 last prefix's cache is kept: the next call evaluates only what its prefix does not share with it
 (the system message and template head across prompts; everything but the edited candidate when
 the same instruction is scored again).
@@ -21,7 +22,7 @@ from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef, materialize_gguf
 
 DEFAULT_CTX = 4096
-BATCH = 16
+BATCH = {"cpu": 1, "cuda": 16}  # a CPU is compute-bound at any batch shape, so rows only add padding
 
 
 class HFBackend(Backend):
@@ -84,8 +85,9 @@ class HFBackend(Backend):
         with torch.inference_mode():
             cache = self._cache_for(prefix) if prefix else None
             order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))  # less padding per batch
-            for start in range(0, len(order), BATCH):
-                rows = order[start:start + BATCH]
+            batch = BATCH["cpu" if self.device == "cpu" else "cuda"]
+            for start in range(0, len(order), batch):
+                rows = order[start:start + batch]
                 logits = self._last_logits(prefix, [suffixes[i] for i in rows], cache)
                 out[rows] = torch.log_softmax(logits.float(), dim=-1)[:, index].cpu().numpy()
         return out
