@@ -5,7 +5,7 @@ model, and, among prompts that have both a candidate with the right final number
 wrong number, count how often the right one gets the higher p'yes (every right/wrong combination
 of a prompt counted, ties wrong).
 
-    python benchmarks/gsm8k_check.py [--prompts 50] [-n 4] [--max-tokens 192]
+    python benchmarks/gsm8k_check.py [--prompts 50] [-n 4] [--max-tokens 192] [--threads N]
 
 The last line printed is one JSON object.
 """
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=192)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     args = parser.parse_args()
 
     records = load_prompts(str(args.data))[: args.prompts]
@@ -53,7 +54,7 @@ def main() -> None:
         store = Store(Path(tmp) / "ws.sqlite")
         store.add_prompt_set("gsm8k", str(args.data), records)
         prompts = store.prompts("gsm8k")
-        judge = Judge(backends.load("llamacpp", models.resolve(None)))
+        judge = Judge(backends.load("llamacpp", models.resolve(None), threads=args.threads))
         policy = pipeline.policy_of(judge.backend)
         start = time.perf_counter()
         pipeline.generate(store, judge.backend, policy, prompts, args.n, Sampling(args.n, 0.8, 0.95, args.max_tokens, 0))

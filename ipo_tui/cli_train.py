@@ -16,6 +16,9 @@ train_app = typer.Typer(help="LoRA training runs: dpo, sft, resume, stop.", no_a
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML of training settings (see `ipo train defaults`).")
 SetOpt = typer.Option(None, "--set", help="One setting, KEY=VALUE (repeatable), over --config: --set learning_rate=1e-4.")
+LauncherOpt = typer.Option("local", "--launcher", help="local (one process) or accelerate (`accelerate launch`, several GPUs or CPU processes).")
+ProcessesOpt = typer.Option(None, "--processes", help="With --launcher accelerate: processes, one per GPU (default: every GPU; 2 on a CPU).")
+StrategyOpt = typer.Option("ddp", "--strategy", help="With --launcher accelerate: ddp, fsdp or deepspeed (ZeRO-2, where installed).")
 DetachOpt = typer.Option(False, "--detach", "-d", help="Start the run and return; follow it in the app or with `ipo runs`.")
 
 
@@ -69,12 +72,14 @@ def report(run) -> None:
         raise IpoError(f"{run.id} {run.status}: {reason} ({run.folder / 'train.log'}); `ipo train resume {run.id}` retries")
 
 
-def launch(kind: str, data: str, model, config, set_, detach: bool, workspace) -> None:
+def launch(kind: str, data: str, model, config, set_, detach: bool, workspace, launcher: str, processes, strategy: str) -> None:
     from ipo_tui.train import runner
 
     store = open_store(workspace)
     with err.status("preparing the run") as status:
-        run = runner.prepare(kind, data, model, store, overrides(set_), config, on_status=status.update)
+        run = runner.prepare(kind, data, model, store, overrides(set_), config, launcher=launcher, processes=processes,
+                             strategy=strategy,
+                             on_status=status.update)
     run = runner.launch(run, store)
     out.print(f"{run.id}: {kind} on {run.config['examples']} examples, folder {run.folder}")
     if detach:
@@ -87,20 +92,22 @@ def launch(kind: str, data: str, model, config, set_, detach: bool, workspace) -
 def train_dpo(
     pairs: str = typer.Option("accepted", "--pairs", help="A TRL pair file, or workspace pairs by status: accepted, accepted,edited, accepted@SET."),
     model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-    detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
+    detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt, launcher: str = LauncherOpt,
+    processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
 ) -> None:
     """Train a LoRA adapter with DPO on chosen/rejected pairs."""
-    launch("dpo", pairs, model, config, set_, detach, workspace)
+    launch("dpo", pairs, model, config, set_, detach, workspace, launcher, processes, strategy)
 
 
 @train_app.command("sft")
 def train_sft(
     data: str = typer.Option(..., "--data", help="JSONL/JSON/CSV/Parquet with prompt and response (or completion) fields."),
     model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-    detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
+    detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt, launcher: str = LauncherOpt,
+    processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
 ) -> None:
     """Supervised fine-tuning of a LoRA adapter (the optional first stage)."""
-    launch("sft", data, model, config, set_, detach, workspace)
+    launch("sft", data, model, config, set_, detach, workspace, launcher, processes, strategy)
 
 
 @train_app.command("resume")

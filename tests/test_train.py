@@ -179,3 +179,16 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_model):
     assert result.returncode == 1 and "no run 'dpo-404'" in result.stderr
     defaults = ipo("train", "defaults")
     assert defaults.returncode == 0 and "lora_r: 16" in defaults.stdout
+
+
+def test_accelerate_launch_with_two_cpu_processes(store, pair_file, tiny_model):
+    run = runner.prepare("dpo", pair_file, tiny_model, store, dict(FAST, epochs=2, batch_size=1),
+                         launcher="accelerate", processes=2)
+    assert (run.folder / "accelerate.yaml").exists() and run.config["accelerate"]["num_processes"] == 2
+    run = runner.follow(runner.launch(run, store), store)
+    assert run.status == "completed", runner.log_tail(run.folder)
+    # each process takes half of the 4 pairs: 2 steps per epoch instead of 4; only the first one logs
+    assert [m["step"] for m in runner.read_metrics(run.folder)] == [1, 2, 3, 4]
+    assert runner.log_tail(run.folder, 400).count("completed") == 2 and run.adapter is not None
+    with pytest.raises(IpoError, match="needs GPUs"):
+        runner.accelerate_config(2, "fsdp")

@@ -26,6 +26,8 @@ from ipo_tui.train import settings as train_settings
 from ipo_tui.train.trainer import latest_checkpoint, read_jsonl
 
 KINDS = ("dpo", "sft")
+LAUNCHERS = ("local", "accelerate")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
 _children: dict[str, subprocess.Popen] = {}  # processes this one started, reaped when they end
 
 
@@ -46,6 +48,7 @@ class RunInfo:
 
 def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, overrides: dict | None = None,
             config_file: Path | None = None, init_adapter: str | None = None, run_id: str | None = None,
+            launcher: str = "local", processes: int | None = None, strategy: str = "ddp",
             on_status=lambda msg: None) -> RunInfo:
     """Check everything, write the run folder (config.yaml, data.jsonl) and record the run.
 
@@ -53,6 +56,9 @@ def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, 
     if kind not in KINDS:
         raise IpoError(f"unknown training kind {kind!r}: choose one of {', '.join(KINDS)}")
     settings = train_settings.load(config_file, overrides)
+    if launcher not in LAUNCHERS:
+        raise IpoError(f"--launcher {launcher}: choose one of {', '.join(LAUNCHERS)}")
+    accelerate = accelerate_config(processes, strategy) if launcher == "accelerate" else None
     if isinstance(data, list):
         rows, data = data, f"{len(data)} rows"
     else:
@@ -65,9 +71,12 @@ def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, 
         raise IpoError(f"{folder} exists already; choose another run id")
     folder.mkdir(parents=True, exist_ok=True)
     write_records(folder / "data.jsonl", rows)
+    if accelerate:
+        (folder / "accelerate.yaml").write_text(yaml.safe_dump(accelerate, sort_keys=False))
     spec = {"id": run_id, "kind": kind, "model": location, "model_identity": ref.identity, "data_source": data,
             "examples": len(rows), "init_adapter": init_adapter or "", "reference": settings["reference"],
-            "workspace": str(store.path.resolve()), "settings": settings}
+            "workspace": str(store.path.resolve()), "launcher": launcher, "accelerate": accelerate or {},
+            "settings": settings}
     (folder / "config.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     store.add_run(run_id, kind, spec, folder)
     return info(store, run_id)
@@ -77,14 +86,49 @@ def launch(run: RunInfo, store: Store) -> RunInfo:
     """Start (or restart) the trainer on a prepared run; returns at once."""
     log = open(run.folder / "train.log", "a")
     # its own session: closing the app or the terminal does not kill a run; Ctrl-C is forwarded by `follow`
-    child = subprocess.Popen([sys.executable, "-m", "ipo_tui.train.trainer", str(run.folder)],
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    entry = ["-m", "ipo_tui.train.trainer", str(run.folder)]
+    if (run.folder / "accelerate.yaml").exists():  # several processes: the same entry under `accelerate launch`
+        entry = ["-m", "accelerate.commands.launch", "--config_file", str(run.folder / "accelerate.yaml"), *entry]
+    child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     _children[run.id] = child
     (run.folder / "pid").write_text(str(child.pid))
     (run.folder / "error.txt").unlink(missing_ok=True)
     store.set_run(run.id, "running")
     return info(store, run.id)
+
+
+def accelerate_config(processes: int | None, strategy: str) -> dict:
+    """An `accelerate launch` config: DDP, FSDP or DeepSpeed ZeRO over the GPUs (one process each,
+    all of them by default), or DDP over CPU processes (2 by default)."""
+    import importlib.util
+
+    if strategy not in STRATEGIES:
+        raise IpoError(f"--strategy {strategy}: choose one of {', '.join(STRATEGIES)}")
+    if importlib.util.find_spec("accelerate") is None:
+        raise IpoError("several processes need accelerate: pip install accelerate")
+    import torch
+
+    gpus = torch.cuda.device_count()
+    processes = processes or gpus or 2
+    if processes < 1 or (gpus and processes > gpus):
+        raise IpoError(f"--processes {processes}: this machine has {gpus} GPU(s); give 1 to {gpus}, one process per GPU")
+    # MULTI_GPU makes `accelerate launch` start the processes itself (torchrun); without GPUs the
+    # trainer sets use_cpu and they join over gloo (accelerate's MULTI_CPU type expects mpirun instead)
+    config = {"compute_environment": "LOCAL_MACHINE", "num_machines": 1, "machine_rank": 0,
+              "num_processes": processes, "mixed_precision": "no", "distributed_type": "MULTI_GPU"}
+    if strategy != "ddp" and not gpus:
+        raise IpoError(f"--strategy {strategy} needs GPUs; on a CPU use ddp")
+    if strategy == "fsdp":
+        config.update(distributed_type="FSDP", fsdp_config={
+            "fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_reshard_after_forward": True,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_cpu_ram_efficient_loading": True})
+    elif strategy == "deepspeed":
+        if importlib.util.find_spec("deepspeed") is None:
+            raise IpoError("--strategy deepspeed needs DeepSpeed: pip install deepspeed (or use fsdp)")
+        config.update(distributed_type="DEEPSPEED", deepspeed_config={"zero_stage": 2, "offload_optimizer_device": "none",
+                                                                        "offload_param_device": "none"})
+    return config
 
 
 def start(kind: str, pairs: str, model: str | None, overrides: dict, store: Store, **options) -> RunInfo:

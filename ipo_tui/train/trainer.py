@@ -13,6 +13,7 @@ SIGINT or SIGTERM asks for a clean stop: a checkpoint is saved at the end of the
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -54,6 +55,8 @@ def _callback(folder: Path, stop: StopRequest):
 
     class Bookkeeping(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
             # a resumed run drops the lines logged after its checkpoint, so steps never repeat
             rows = [r for r in read_jsonl(metrics_path) if r["step"] <= state.global_step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -62,14 +65,15 @@ def _callback(folder: Path, stop: StopRequest):
             self._progress(state)
 
         def on_step_end(self, args, state, control, **kwargs):
-            self._progress(state)
+            if state.is_world_process_zero:
+                self._progress(state)
             if stop.requested:
                 control.should_save = True
                 control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs:
-                return  # the end-of-training summary
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
+                return  # the end-of-training summary, or another process's copy
             spent = time.monotonic() - self.start
             per_step = spent / max(1, state.global_step - self.first_step)
             row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0, 4)}
@@ -125,7 +129,7 @@ def build_trainer(folder: Path, spec: dict, callbacks=()):
         gradient_accumulation_steps=s["grad_accum"], num_train_epochs=s["epochs"], learning_rate=s["learning_rate"],
         warmup_steps=s["warmup_ratio"], logging_steps=s["logging_steps"], save_strategy="steps",
         save_steps=s["save_steps"], save_total_limit=2, seed=s["seed"], bf16=bf16, fp16=cuda and not bf16,
-        max_length=s["max_length"], report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        max_length=s["max_length"], report_to=[], disable_tqdm=True, dataloader_num_workers=0, use_cpu=not cuda,
     )
     # TRL turns activation checkpointing on by default; recomputing activations costs a third more time
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
@@ -158,25 +162,29 @@ def train(folder: Path) -> str:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop.requested:
         return "stopped"
-    trainer.model.save_pretrained(str(folder / "adapter"), selected_adapters=["default"])
-    trainer.processing_class.save_pretrained(str(folder / "adapter"))
+    if "ref" in getattr(trainer.model, "peft_config", {}):
+        trainer.model.delete_adapter("ref")  # the frozen reference copy is not part of the result
+    trainer.save_model(str(folder / "adapter"))  # every process takes part (FSDP gathers); the first one writes
     return "completed"
 
 
 def main(argv: list[str]) -> int:
     folder = Path(argv[0]).resolve()
     spec = yaml.safe_load((folder / "config.yaml").read_text())
-    store = Store(Path(spec["workspace"]))
-    store.set_run(spec["id"], "running")
+    # under `accelerate launch` every process runs this; the first one keeps the books
+    store = Store(Path(spec["workspace"])) if os.environ.get("RANK", "0") == "0" else None
+    record = store.set_run if store else lambda run_id, status: None
+    record(spec["id"], "running")
     try:
         status = train(folder)
-    except BaseException as exc:  # noqa: BLE001 - every failure is recorded in the run, then re-raised
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded in the run
         traceback.print_exc()
-        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        (folder / "error.txt").write_text(message + "\n")
-        store.set_run(spec["id"], "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+        if store:
+            message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+            (folder / "error.txt").write_text(message + "\n")
+        record(spec["id"], "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
         return 1
-    store.set_run(spec["id"], status)
+    record(spec["id"], status)
     print(f"{status}", flush=True)
     return 0
 
