@@ -19,15 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(IPO) models
-	$(IPO) score --prompt "What is the capital of France?" \
-	  --response "The capital of France is Paris." \
-	  --response "France's capital is Berlin." \
-	  --response "Paris has been the capital of France since the tenth century; it lies on the Seine." \
-	  --response "I like turtles."
-	$(IPO) score --backend hf --prompt "Write a Python function that returns the square of a number." \
-	  --response "def square(x): return x * x" \
-	  --response "def square(x): return x + x"
+	$(IPO)
 
 test: setup
 	$(PY) -m pytest -q

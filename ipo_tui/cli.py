@@ -14,8 +14,9 @@ from rich.table import Table
 from ipo_tui.errors import IpoError
 
 app = typer.Typer(
-    help="Implicit Preference Optimization: a model judges its own answers by p(Yes) and learns from them.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    help="Implicit Preference Optimization: a model judges its own answers by p(Yes) and learns from them. "
+         "With no command, opens the app.",
+    pretty_exceptions_enable=False, add_completion=False,
 )
 models_app = typer.Typer(help="The models ipo knows: the embedded default, registered and recent ones.",
                          invoke_without_command=True, pretty_exceptions_enable=False)
@@ -66,6 +67,27 @@ def open_judge(backend: str, model: str | None, device=None, dtype=None, ctx=Non
 
     engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter)
     return Judge(engine, load_config() if config is None else config)
+
+
+@app.callback(invoke_without_command=True)
+def _default(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        tui(model=None, backend="auto", workspace=None, start="lab")
+
+
+@app.command()
+def tui(
+    model: Optional[str] = ModelOpt,
+    backend: str = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, or auto (the config's `backend:`, else hf)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    start: str = typer.Option("lab", "--start", help="First screen: model, lab, pairs, eval, train or runs."),
+) -> None:
+    """Open the app: live scoring, pair curation, training dashboard, evaluation, runs."""
+    from ipo_tui.app import IpoApp, run
+
+    if start not in IpoApp.MODES:
+        raise IpoError(f"--start {start}: choose one of {', '.join(IpoApp.MODES)}")
+    run(workspace=workspace, model=model, backend=None if backend == "auto" else backend, start=start)
 
 
 @app.command()

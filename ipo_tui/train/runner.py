@@ -157,7 +157,7 @@ def stop(run_id: str, store: Store) -> None:
     run = info(store, run_id)
     if run.status != "running":
         raise IpoError(f"run {run_id} is {run.status}, not running")
-    os.kill(_pid(run), signal.SIGTERM)
+    os.killpg(_pid(run), signal.SIGTERM)  # its own process group: every process of an accelerate launch
 
 
 def resume(run_id: str, store: Store) -> RunInfo:
