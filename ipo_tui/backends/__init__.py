@@ -6,11 +6,13 @@ from ipo_tui.backends.base import Backend, Capabilities, Sampling
 from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef
 
-NAMES = ("hf", "llamacpp")
+NAMES = ("hf", "llamacpp", "server")
 
 
-def load(name: str, model: ModelRef, **options) -> Backend:
-    """Load `model` on backend `name`; options are the backend's own (device, dtype, n_ctx...)."""
+def load(name: str, model: ModelRef | None, **options) -> Backend:
+    """Load `model` on backend `name`; options are the backend's own (device, dtype, n_ctx...).
+    "server" takes a hub-kind ref naming the served model, or None for the one the server lists,
+    and base_url, api_key, concurrency..."""
     if name == "hf":
         from ipo_tui.backends.hf import HFBackend
 
@@ -19,6 +21,10 @@ def load(name: str, model: ModelRef, **options) -> Backend:
         from ipo_tui.backends.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(model, **options)
+    if name == "server":
+        from ipo_tui.backends.server import ServerBackend
+
+        return ServerBackend(model, **options)
     raise IpoError(f"unknown backend {name!r}: choose one of {', '.join(NAMES)}")
 
 
