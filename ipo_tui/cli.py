@@ -29,7 +29,7 @@ app.add_typer(pairs_app, name="pairs")
 out = Console(soft_wrap=True)  # messages stay one line when piped; tables still fit the width
 err = Console(stderr=True, soft_wrap=True)
 
-BackendOpt = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, or auto (llamacpp for GGUF files, else hf).")
+BackendOpt = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, server, or auto (server with --base-url, llamacpp for GGUF files, else hf).")
 ModelOpt = typer.Option(None, "--model", "-m", help="GGUF file, HF folder, HF id or registered name; default: the embedded SmolLM2-135M-Instruct.")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda when available).")
 DtypeOpt = typer.Option(None, "--dtype", help="hf: fp32, bf16 or fp16 (default: bf16 on a GPU that computes it, fp32 on CPU).")
@@ -38,15 +38,26 @@ ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cor
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace SQLite file (default: workspace.sqlite in the user data dir).")
 PromptSetOpt = typer.Option(..., "--prompts", help="Name of an imported prompt set.")
 LimitOpt = typer.Option(None, "--limit", help="Only the first N prompts of the set.")
+BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server that returns logprobs (vLLM, llama.cpp's server), e.g. http://127.0.0.1:8000/v1; implies --backend server. Key: $IPO_API_KEY or $OPENAI_API_KEY.")
+ConcurrencyOpt = typer.Option(4, "--concurrency", help="server: requests in flight at most.")
 AdapterOpt = typer.Option(None, "--adapter", help="A trained LoRA adapter folder (e.g. runs/dpo-001/adapter) on top of the model.")
 PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for files up to 400 MB).")
 
 
 def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
-                 score_precision: str = "auto", adapter: str | None = None):
+                 score_precision: str = "auto", adapter: str | None = None, base_url: str | None = None,
+                 concurrency: int = 4):
     """Resolve the model, pick the backend, load it with a status line on stderr."""
     from ipo_tui import backends, models
 
+    if base_url and backend not in ("auto", "server"):
+        raise IpoError(f"--base-url goes with --backend server, not {backend}")
+    if backend == "server" or (backend == "auto" and base_url):
+        ref = models.ModelRef("hub", model, model) if model else None  # a name the server lists
+        with err.status(f"connecting to {base_url or 'the server'}") as status:
+            return backends.load("server", ref, base_url=base_url, concurrency=concurrency, device=device,
+                                 dtype=dtype, n_ctx=ctx, threads=threads, adapter=adapter,
+                                 on_status=lambda msg: status.update(msg))
     ref = models.resolve(model)
     name = backend if backend != "auto" else ("llamacpp" if ref.kind == "gguf" else "hf")
     options = {"score_precision": score_precision} if name == "llamacpp" else {}
@@ -60,12 +71,13 @@ def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=N
 
 
 def open_judge(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
-               score_precision: str = "auto", config: dict | None = None, adapter: str | None = None):
+               score_precision: str = "auto", config: dict | None = None, adapter: str | None = None,
+               base_url: str | None = None, concurrency: int = 4):
     """A Judge on a freshly loaded backend, with the user's templates and thresholds."""
     from ipo_tui.config import load_config
     from ipo_tui.judge import Judge
 
-    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter, base_url, concurrency)
     return Judge(engine, load_config() if config is None else config)
 
 
@@ -100,9 +112,11 @@ def score(
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
     from ipo_tui.candidates import Candidate, read_candidates
+    from ipo_tui.judge import ranked as rank_judgements
 
     candidates = [Candidate(prompt or "", r) for r in response]
     for i, c in enumerate(candidates, 1):
@@ -115,7 +129,8 @@ def score(
     if not candidates:
         raise IpoError("no candidates: give --response TEXT (repeatable) or --file candidates.jsonl")
 
-    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
+                       base_url=base_url, concurrency=concurrency)
     groups: dict[tuple[str, str | None], list[str]] = {}
     for c in candidates:
         groups.setdefault((c.prompt, c.category or category), []).append(c.response)
@@ -127,7 +142,10 @@ def score(
         if any(j.low_mass for j in judgements):
             err.print(f"[yellow]warning:[/] p(Yes)+p(No) is below {judge.min_mass} for some candidates: "
                       "the model is not answering Yes/No under this template, so those scores mean little")
-        ranked = sorted(judgements, key=lambda j: -j.p_yes)
+        if any(j.missing for j in judgements):
+            err.print("[yellow]warning:[/] neither Yes nor No was among the server's top logprobs for some "
+                      "candidates: they have no score")
+        ranked = rank_judgements(judgements)
         if as_json:
             for rank, j in enumerate(ranked, 1):
                 print(json.dumps({"rank": rank, "prompt": instruction, **j.as_dict()}, ensure_ascii=False))
@@ -136,7 +154,7 @@ def score(
 
 
 def _table(instruction: str, ranked) -> Table:
-    best = ranked[0].p_yes
+    best = next((j.p_yes for j in ranked if not j.missing), 0.0)
     title = instruction if len(instruction) <= 80 else instruction[:77] + "..."
     table = Table(title=title, title_justify="left")
     for col, justify in (("rank", "right"), ("p'yes", "right"), ("Δ best", "right"), ("mass", "right"),
@@ -145,7 +163,8 @@ def _table(instruction: str, ranked) -> Table:
     for rank, j in enumerate(ranked, 1):
         mass = f"[red]{j.mass:.3f}[/]" if j.low_mass else f"{j.mass:.3f}"
         preview = " ".join(j.response.split())
-        table.add_row(str(rank), f"{j.p_yes:.3f}", f"{j.p_yes - best:+.3f}", mass, j.category, j.template,
+        score, delta = ("missing", "") if j.missing else (f"{j.p_yes:.3f}", f"{j.p_yes - best:+.3f}")
+        table.add_row(str(rank), score, delta, mass, j.category, j.template,
                       preview[:60] + ("..." if len(preview) > 60 else ""))
     return table
 
@@ -250,6 +269,7 @@ def generate(
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Sample N candidates per prompt; a rerun resumes, keeping what is stored."""
     from ipo_tui import pipeline
@@ -257,7 +277,8 @@ def generate(
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    engine = open_backend(backend, model, device, dtype, ctx, threads, adapter=adapter)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, adapter=adapter, base_url=base_url,
+                          concurrency=concurrency)
     bar, progress = _progress("generating")
     with bar:
         added = pipeline.generate(store, engine, pipeline.policy_of(engine), rows, n, sampling, progress)
@@ -271,17 +292,22 @@ def judge(
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Score the stored candidates of the judging model's own policy by p'yes."""
     from ipo_tui import pipeline
 
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
-    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
+    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
+                       base_url=base_url, concurrency=concurrency)
     bar, progress = _progress("judging")
     with bar:
         scored = pipeline.judge(store, engine, pipeline.policy_of(engine.backend), rows, category, progress)
     out.print(f"judged {scored} candidates")
+    if engine.missing:
+        err.print(f"[yellow]note:[/] {engine.missing} candidates got neither Yes nor No among the server's top "
+                  "logprobs: no score, not stored")
 
 
 @pairs_app.command("build")
@@ -292,6 +318,7 @@ def pairs_build(
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Generate and judge whatever is missing, then propose (best, worst) pairs."""
     from ipo_tui import pipeline
@@ -299,7 +326,8 @@ def pairs_build(
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
+    engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
+                       base_url=base_url, concurrency=concurrency)
     policy = pipeline.policy_of(engine.backend)
     for label, step in (("generating", lambda p: pipeline.generate(store, engine.backend, policy, rows, n, sampling, p)),
                         ("judging", lambda p: pipeline.judge(store, engine, policy, rows, None, p))):
@@ -381,6 +409,7 @@ def eval_pairs(
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
     from ipo_tui.config import load_config
@@ -390,7 +419,7 @@ def eval_pairs(
     if judge_name not in JUDGES:
         raise IpoError(f"unknown judge {judge_name!r}: choose ipo or self-reward")
     pairs = load_pairs(file, limit)
-    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter, base_url, concurrency)
     bar, progress = _progress(f"evaluating ({judge_name})")
     with bar:
         result = evaluate(pairs, judge_name, Judge(engine, load_config()) if judge_name == "ipo" else None, engine, progress)
@@ -417,6 +446,7 @@ def bestofn(
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Sample n answers and pick the best by p'yes, showing every score."""
     from ipo_tui.evaluate import best_of_n
@@ -424,7 +454,8 @@ def bestofn(
     if not prompt.strip():
         raise IpoError("--prompt is empty: give the instruction to answer")
     sampling = _sampling(n, temperature, top_p, max_tokens, seed)
-    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
+                       base_url=base_url, concurrency=concurrency)
     with err.status(f"sampling {n} answers and judging them"):
         ranked = best_of_n(judge, prompt, sampling, category)
     if as_json:
@@ -445,6 +476,7 @@ def prompts_search(
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Measure every candidate template's pairwise accuracy per category; keep the best."""
     import yaml
@@ -468,7 +500,8 @@ def prompts_search(
                 Template(str(item.get("name") or f"{category}-{i}"), item.get("system", BUILTIN["generic"].system), item["user"]))
     pairs = load_pairs(file, limit or None)
     config = load_config()
-    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config, adapter)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config, adapter, base_url,
+                       concurrency)
     bar, progress = _progress("searching templates")
     with bar:
         results = search_templates(judge, pairs, templates, progress)

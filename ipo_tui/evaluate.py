@@ -24,6 +24,7 @@ class EvalResult:
     by_category: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     masses: list = field(default_factory=list)
     parse_failures: int = 0
+    missing: int = 0  # ipo through a server: neither Yes nor No among the top logprobs (counted wrong)
     seconds: float = 0.0
 
     @property
@@ -37,6 +38,7 @@ class EvalResult:
             "by_subset": {k: c / t for k, (c, t) in sorted(self.by_subset.items())},
             "mean_mass": sum(self.masses) / len(self.masses) if self.masses else None,
             "parse_failures": self.parse_failures if self.judge == "self-reward" else None,
+            "missing": self.missing if self.judge == "ipo" else None,
             "pairs_per_s": self.pairs / self.seconds if self.seconds else None,
         }
 
@@ -70,7 +72,8 @@ def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,
         if judge_name == "ipo":
             chosen, rejected = judge.score(row["prompt"], [row["chosen"], row["rejected"]], category)
             result.masses += [chosen.mass, rejected.mass]
-            good = chosen.p_yes > rejected.p_yes
+            result.missing += chosen.missing + rejected.missing
+            good = chosen.p_yes > rejected.p_yes  # False for a missing (NaN) score, like a tie
         else:
             chosen, _ = selfreward.rate(backend, row["prompt"], row["chosen"])
             rejected, _ = selfreward.rate(backend, row["prompt"], row["rejected"])
@@ -94,7 +97,9 @@ def best_of_n(judge, prompt: str, sampling, category: str | None = None) -> list
     answers = [a for a in judge.backend.generate([{"role": "user", "content": prompt}], sampling) if a.strip()]
     if not answers:
         raise IpoError("the model produced only empty answers; raise --max-tokens or --temperature")
-    return sorted(judge.score(prompt, answers, category or route(prompt)), key=lambda j: -j.p_yes)
+    from ipo_tui.judge import ranked
+
+    return ranked(judge.score(prompt, answers, category or route(prompt)))
 
 
 def search_templates(judge, pairs: list[dict], candidates: dict[str, list],

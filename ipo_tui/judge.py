@@ -175,3 +175,8 @@ def from_top_logprobs(top: list[tuple[str, float]]) -> tuple[float, float]:
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def ranked(judgements: list[Judgement]) -> list[Judgement]:
+    """Best p'yes first; missing judgements (no score) last."""
+    return sorted(judgements, key=lambda j: (j.missing, 0.0 if j.missing else -j.p_yes))

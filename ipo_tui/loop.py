@@ -44,6 +44,10 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
     settings = train_settings.load(config_file, overrides)
     ref = models.resolve(model)
     backend = backend if backend != "auto" else ("llamacpp" if ref.kind == "gguf" else "hf")
+    if backend == "server":
+        raise IpoError("the loop samples and judges with the adapters it trains here; a server cannot load them "
+                       "(use --backend llamacpp or hf; for a served model, train with `ipo train dpo` and serve the "
+                       "`ipo export merge` result)")
     if backend not in backends.NAMES:
         raise IpoError(f"unknown backend {backend!r}: choose one of {', '.join(backends.NAMES)}")
     loop_id = f"loop-{len(store.runs('loop')) + 1:03d}"

@@ -1,7 +1,9 @@
 """generate -> judge -> pair for a prompt set, resumable: each step does only what is missing.
 
 Each prompt's samples, judgements and pair are written in one transaction, so a kill loses at
-most the prompt in flight, and a rerun picks up where the last one stopped.
+most the prompt in flight, and a rerun picks up where the last one stopped. A prompt whose work
+fails (an IpoError: a server that stopped answering, a prompt it refuses) is skipped and reported
+at the end, after the others are done and stored; three failures in a row stop the run.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from typing import Callable
 
 from ipo_tui.backends.base import Backend, Sampling
 from ipo_tui.categories import category_for
+from ipo_tui.errors import IpoError
 from ipo_tui.judge import Judge
 from ipo_tui.store import Store
 
 Progress = Callable[[int, int], None]  # (done, total)
+FAILURES_IN_A_ROW = 3  # then the backend is failing everything (a server down): stop asking
 
 
 @dataclass(frozen=True)
@@ -29,39 +33,76 @@ class Policy:
         return f"{self.model}+{self.adapter}" if self.adapter else self.model
 
 
+class PartialRun(IpoError):
+    """Some prompts failed; what the others did is stored, so a rerun does only what is missing.
+    `failed` holds (prompt row, reason) for each failed prompt."""
+
+    def __init__(self, step: str, done: str, failed: list, total: int, stopped: bool):
+        self.failed = failed
+        prompt, why = failed[0]
+        text = " ".join(prompt["text"].split())
+        what = (f"stopped after {len(failed)} prompts failed in a row" if stopped
+                else f"{len(failed)} of {total} prompts failed")
+        super().__init__(f"{step}: {what} ({done} stored; rerun to do the rest). First failure, prompt "
+                         f"{prompt['position'] + 1} ({text[:40] + '...' if len(text) > 40 else text!r}): {why}")
+
+
+def _each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[dict], int]) -> int:
+    """Sum of work(prompt) over the prompts (how many `noun` it stored); a failing prompt is skipped
+    and reported at the end."""
+    done, failed, in_a_row = 0, [], 0
+    for count, prompt in enumerate(prompts, 1):
+        try:
+            done += work(prompt)
+            in_a_row = 0
+        except IpoError as exc:
+            failed.append((prompt, str(exc)))
+            in_a_row += 1
+            if in_a_row >= FAILURES_IN_A_ROW:
+                raise PartialRun(step, f"{done} new {noun}", failed, len(prompts), stopped=True) from exc
+        progress(count, len(prompts))
+    if failed:
+        raise PartialRun(step, f"{done} new {noun}", failed, len(prompts), stopped=False)
+    return done
+
+
 def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sampling: Sampling,
              progress: Progress = lambda done, total: None) -> int:
     """Sample until every prompt has `n` candidates from `policy`; returns how many were added."""
-    added = 0
-    for done, prompt in enumerate(prompts, 1):
+    def one(prompt) -> int:
         missing = sorted(set(range(n)) - store.sample_indices(prompt["id"], policy.model, policy.adapter))
-        if missing:
-            # the seed depends on the prompt and sample only, so a resumed run samples the same texts
-            seed = sampling.seed + 1009 * prompt["position"] + missing[0]
-            texts = backend.generate([{"role": "user", "content": prompt["text"]}],
-                                     Sampling(len(missing), sampling.temperature, sampling.top_p, sampling.max_tokens, seed))
-            store.add_candidates(prompt["id"], policy.model, policy.adapter, _settings(sampling),
-                                 [(index, seed + i, text) for i, (index, text) in enumerate(zip(missing, texts))])
-            added += len(missing)
-        progress(done, len(prompts))
-    return added
+        if not missing:
+            return 0
+        # the seed depends on the prompt and sample only, so a resumed run samples the same texts
+        seed = sampling.seed + 1009 * prompt["position"] + missing[0]
+        texts = backend.generate([{"role": "user", "content": prompt["text"]}],
+                                 Sampling(len(missing), sampling.temperature, sampling.top_p, sampling.max_tokens, seed))
+        store.add_candidates(prompt["id"], policy.model, policy.adapter, _settings(sampling),
+                             [(index, seed + i, text) for i, (index, text) in enumerate(zip(missing, texts))])
+        return len(missing)
+
+    return _each_prompt("generate", "candidates", prompts, progress, one)
 
 
 def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
           progress: Progress = lambda done, total: None) -> int:
-    """Score every candidate of `policy` that `judge`'s policy has not scored yet."""
+    """Score every candidate of `policy` that `judge`'s policy has not scored yet; returns how many
+    were stored. A judgement with no Yes/No among a server's top logprobs is not stored (it has no
+    score): `judge.missing` counts those."""
     judge_id = policy_of(judge.backend).judge_id
-    scored = 0
-    for done, prompt in enumerate(prompts, 1):
+
+    def one(prompt) -> int:
         rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter)
                 if r["p_yes"] is None and r["text"].strip()]
-        if rows:
-            results = judge.score(prompt["text"], [r["text"] for r in rows],
-                                  category or category_for(prompt["category"], prompt["text"]))
-            store.add_judgements(judge_id, [(r["candidate_id"], j) for r, j in zip(rows, results)])
-            scored += len(rows)
-        progress(done, len(prompts))
-    return scored
+        if not rows:
+            return 0
+        results = judge.score(prompt["text"], [r["text"] for r in rows],
+                              category or category_for(prompt["category"], prompt["text"]))
+        scored = [(r["candidate_id"], j) for r, j in zip(rows, results) if not j.missing]
+        store.add_judgements(judge_id, scored)
+        return len(scored)
+
+    return _each_prompt("judge", "judgements", prompts, progress, one)
 
 
 @dataclass
