@@ -1,0 +1,52 @@
+"""The top bar: one tab per screen (with its function key) and the loaded model on the right."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Static, Tab, Tabs
+
+SCREENS = (
+    ("model", "F2 Model"),
+    ("lab", "F3 Score lab"),
+    ("pairs", "F4 Pairs"),
+    ("eval", "F5 Evaluation"),
+    ("train", "F6 Training"),
+    ("runs", "F7 Runs"),
+)
+
+
+class NavTabs(Tabs):
+    """Tabs that switch the app's mode; kept out of the focus chain (the F keys do that job)."""
+
+    can_focus = False
+
+
+class NavBar(Horizontal):
+    DEFAULT_CSS = """
+    NavBar { height: 2; dock: top; }
+    NavBar NavTabs { width: 1fr; }
+    NavBar #engine-label { width: auto; max-width: 56; height: 2; padding: 0 1; content-align: right middle; color: $text-muted; }
+    """
+
+    def __init__(self, active: str) -> None:
+        super().__init__()
+        self.active = active
+
+    def compose(self) -> ComposeResult:
+        yield NavTabs(*(Tab(label, id=f"nav-{mode}") for mode, label in SCREENS), active=f"nav-{self.active}")
+        yield Static(self.app.engine_label(), id="engine-label")
+
+    def on_mount(self) -> None:
+        self.app.engine_status_signal.subscribe(self, self._engine_status)
+
+    def _engine_status(self, _status) -> None:
+        self.query_one("#engine-label", Static).update(self.app.engine_label())
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        event.stop()
+        mode = (event.tab.id or "").removeprefix("nav-")
+        if mode and mode != self.active:
+            # put the tab back: this bar belongs to its own screen, the target screen has its own
+            self.query_one(NavTabs).active = f"nav-{self.active}"
+            self.app.switch_mode(mode)

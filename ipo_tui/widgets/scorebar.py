@@ -1,0 +1,70 @@
+"""A p'yes bar: the score as a bar and a number, the Yes/No mass split, and a low-mass warning."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def bar_text(fraction: float, width: int) -> str:
+    """A horizontal bar of `width` cells filled to `fraction` (eighth-cell resolution)."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    bar = "█" * full + (_EIGHTHS[part] if part else "")
+    return bar + " " * (width - len(bar))
+
+
+class ScoreBar(Static):
+    """Shows one candidate's judgement, or why it has none."""
+
+    DEFAULT_CSS = """
+    ScoreBar { height: auto; min-height: 1; padding: 0 1; }
+    """
+    BAR_WIDTH = 18
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.p_yes: float | None = None
+        self.mass: float | None = None
+        self.state = "empty"
+        self.show_message("—")
+
+    def show_message(self, message: str, style: str = "dim") -> None:
+        self.state = "message"
+        self.p_yes = self.mass = None
+        self.update(Text(message, style=style))
+
+    def show_pending(self) -> None:
+        """Scoring is under way: keep the last figures, dimmed."""
+        if self.p_yes is None:
+            self.update(Text("scoring…", style="dim italic"))
+        else:
+            self.set_class(True, "-stale")
+        self.state = "pending"
+
+    def show_judgement(self, judgement, min_mass: float, rank: str = "") -> None:
+        self.state = "scored"
+        self.set_class(False, "-stale")
+        self.p_yes, self.mass = judgement.p_yes, judgement.mass
+        p_yes_mass = judgement.p_yes * judgement.mass
+        p_no_mass = judgement.mass - p_yes_mass
+        color = "green" if judgement.p_yes >= 0.5 else "red"
+        line = Text.assemble(
+            ("p'yes ", "bold"), (f"{judgement.p_yes:.3f} ", f"bold {color}"),
+            (bar_text(judgement.p_yes, self.BAR_WIDTH), color), ("▕ ", "dim"),
+            (f"mass {judgement.mass:.3f} (Yes {p_yes_mass:.3f} + No {p_no_mass:.3f})", "dim"),
+            (f"  {rank}" if rank else "", "bold"),
+        )
+        notes = []
+        if judgement.low_mass:
+            notes.append((f"⚠ mass < {min_mass:g}: not answering Yes/No here; the score means little",
+                          "bold yellow"))
+        if judgement.truncated:
+            notes.append((f"✂ {judgement.truncated}", "yellow"))
+        text = line
+        for note, style in notes:
+            text = Text.assemble(text, "\n", (note, style))
+        self.update(text)

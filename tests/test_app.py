@@ -1,0 +1,341 @@
+"""The Textual app driven by Pilot on the embedded model (one hf backend shared by every test)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+
+import pytest
+from test_app_support import FakeEngine, seed_pairs, wait_for, write_eval_file
+
+from ipo_tui.app import IpoApp
+from ipo_tui.store import Store
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+SIZE = (120, 40)
+
+
+def make_app(tmp_path, engine, **kwargs) -> IpoApp:
+    app = IpoApp(workspace=tmp_path / "ws.sqlite", engine=engine, eval_file="", browse_root=tmp_path, **kwargs)
+    app.animation_level = "none"
+    return app
+
+
+async def type_into(pilot, selector: str, text: str) -> None:
+    pilot.app.screen.query_one(selector).focus()
+    await pilot.pause()
+    await pilot.press(*text)
+
+
+def lab(app):
+    return app.screen
+
+
+async def scored(pilot, timeout: float = 60) -> None:
+    screen = lab(pilot.app)
+    await wait_for(pilot, lambda: screen.scored_version == screen.version and screen._timer is None, timeout)
+
+
+# --- score lab ------------------------------------------------------------------------------------
+
+
+async def test_typing_updates_p_yes(tmp_path, hf_backend):
+    app = make_app(tmp_path, hf_backend)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = lab(app)
+        await type_into(pilot, "#instruction", "What is 12 + 30?")
+        await type_into(pilot, "#cand-text-1", "42")
+        await type_into(pilot, "#cand-text-2", "12 + 30 = 52")
+        await scored(pilot)
+        first, second = (c.judgement for c in screen.cards[:2])
+        assert first is not None and second is not None
+        assert 0 < first.p_yes < 1 and first.category == "math"
+        assert "p'yes" in str(screen.cards[0].bar.render())
+
+        await type_into(pilot, "#cand-text-1", " is the answer: 12 + 30 = 42")
+        await scored(pilot)
+        updated = screen.cards[0].judgement
+        assert updated.response.endswith("12 + 30 = 42")
+        assert updated.p_yes != pytest.approx(first.p_yes, abs=1e-6)
+        # the bar shows the latest text's score, and the ranks follow
+        assert f"{updated.p_yes:.3f}" in str(screen.cards[0].bar.render())
+        assert {c.border_subtitle for c in screen.cards[:2]} == {"★ best", "▼ worst"}
+
+
+async def test_stale_scores_are_dropped(tmp_path):
+    engine = FakeEngine(delay=0.4)  # each scoring call takes 0.4 s: edits overtake it
+    app = make_app(tmp_path, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = lab(app)
+        await type_into(pilot, "#instruction", "Say hi")
+        await type_into(pilot, "#cand-text-1", "hello")
+        await type_into(pilot, "#cand-text-2", "bye")
+        await wait_for(pilot, lambda: engine.calls >= 1)  # a scoring call is in flight ...
+        await type_into(pilot, "#cand-text-2", " now")  # ... and an edit overtakes it
+        await scored(pilot)
+        assert screen.dropped >= 1
+        assert screen.cards[1].judgement.response == "bye now"
+
+
+async def test_keypress_handled_within_100ms_while_scoring(tmp_path, hf_backend):
+    """Time from pilot.press to the key's effect while a scoring worker keeps the engine busy.
+
+    The effect is the ctrl+n handler having mounted a new candidate editor: the handler is wrapped
+    to stamp the time when it has done so. pilot.press itself returns only once the process looks
+    idle (up to a second per key while a worker computes), so its return is not the measure; a
+    coroutine polling for the new editor is reported too (it adds its own wake-up delays)."""
+    app = make_app(tmp_path, hf_backend)
+    long_answer = " ".join(["The answer is forty-two, because twelve plus thirty makes forty-two."] * 6)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = lab(app)
+        await type_into(pilot, "#instruction", "What is 12 + 30? Explain.")
+        for i in range(1, 5):
+            screen.query_one(f"#cand-text-{i}").load_text(f"{i}. {long_answer}")
+        await scored(pilot, timeout=120)
+        entered, handled, polled = [], [], []
+        for round_ in range(5):
+            screen.query_one("#cand-text-1").load_text(f"{round_}. {long_answer}")  # rescore all four
+            await wait_for(pilot, lambda: any(w.name == "score_worker" and w.state.name == "RUNNING"
+                                              for w in app.workers), timeout=10, step=0.005)
+            before, done = len(screen.cards), []
+
+            def add_candidate() -> None:
+                entered.append(time.perf_counter() - start)
+                type(screen).action_add_candidate(screen)
+                done.append((time.perf_counter(), len(screen.cards)))
+
+            screen.action_add_candidate = add_candidate
+            start = time.perf_counter()
+            press = asyncio.ensure_future(pilot.press("ctrl+n"))
+            while len(screen.cards) == before and time.perf_counter() - start < 5:
+                await asyncio.sleep(0.001)
+            polled.append(time.perf_counter() - start)
+            busy = any(w.name == "score_worker" and w.state.name == "RUNNING" for w in app.workers)
+            await press
+            del screen.action_add_candidate
+            assert done and done[0][1] == before + 1
+            handled.append(done[0][0] - start)
+            assert busy, "the scoring worker finished before the key was handled; make it busier"
+            await scored(pilot, timeout=120)
+            await pilot.press("ctrl+r")  # remove it again
+            await scored(pilot, timeout=120)
+        figures = {name: [round(x * 1000, 1) for x in values]
+                   for name, values in (("handler_entered_ms", entered), ("editor_mounted_ms", handled),
+                                        ("seen_by_poller_ms", polled))}
+        (tmp_path.parent / "keypress_latency.json").write_text(json.dumps(figures))
+        print("\nkey press while scoring, median (max) over", len(handled), "presses: " + ", ".join(
+            f"{name} {statistics.median(v):.1f} ({max(v):.1f})" for name, v in figures.items()))
+        # the median, not the max: on a 2-core machine shared with other work, the OS scheduler
+        # alone can hold a thread back now and then; the max is printed above
+        assert statistics.median(handled) < 0.1
+
+
+async def test_generate_and_save_pair(tmp_path, hf_backend):
+    app = make_app(tmp_path, hf_backend)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = lab(app)
+        await type_into(pilot, "#instruction", "Name a colour.")
+        screen.query_one("#gen-n").value = "2"
+        screen.query_one("#gen-tokens").value = "12"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: not screen.generating, timeout=120)
+        texts = [c.text for c in screen.cards[:2]]
+        assert all(texts), texts
+        await type_into(pilot, "#cand-text-3", "Blue.")
+        await scored(pilot)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        store = Store(tmp_path / "ws.sqlite")
+        rows = store.pairs(("accepted",))
+        assert len(rows) == 1 and rows[0]["prompt"] == "Name a colour."
+        best = max((c.judgement for c in screen.cards if c.judgement), key=lambda j: j.p_yes)
+        assert rows[0]["chosen"] == best.response and rows[0]["score_chosen"] == pytest.approx(best.p_yes)
+        generated = [r for r in store.candidates(rows[0]["prompt_id"]) if r["model"] != "typed"]
+        assert len(generated) == 2  # the model's samples keep their origin; the typed one is 'typed'
+
+
+async def test_template_without_placeholder_shows_error(tmp_path):
+    app = make_app(tmp_path, FakeEngine())
+    async with app.run_test(size=SIZE) as pilot:
+        screen = lab(app)
+        await type_into(pilot, "#instruction", "Say hi")
+        area = screen.query_one("#tpl-user")
+        area.load_text("Is this good? {response}")  # no {instruction}
+        await pilot.pause(0.5)
+        error = str(screen.query_one("#tpl-error").render())
+        assert "{instruction}" in error and "lacks" in error
+        area.load_text("Request: {instruction}\nReply: {response}\nGood? Answer Yes or No.")
+        await pilot.pause(0.5)
+        assert app.judge.templates["chat"].user.startswith("Request:")
+
+
+# --- pairs ----------------------------------------------------------------------------------------
+
+
+async def test_accept_reject_swap_and_edit_pairs(tmp_path, hf_backend):
+    store = Store(tmp_path / "ws.sqlite")
+    ids = seed_pairs(store)
+    app = make_app(tmp_path, hf_backend, start="pairs")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert len(screen.rows) == 5
+        await pilot.press("a")  # the first pair
+        assert store.pairs(("accepted",))[0]["id"] == ids[0]
+        await pilot.press("r")  # the cursor moved on to the second
+        assert [r["id"] for r in store.pairs(("rejected",))] == [ids[1]]
+        await pilot.press("s")  # swap the third
+        third = next(r for r in store.pairs() if r["id"] == ids[2])
+        assert third["status"] == "edited" and third["chosen"].startswith("Lists cannot")
+
+        # filters: status and text
+        screen.query_one("#status-filter").value = "proposed"
+        await pilot.pause()
+        assert {r["id"] for r in screen.rows} == set(ids[3:])
+        await pilot.press("slash", *"colours", "enter")
+        assert [r["id"] for r in screen.rows] == [ids[4]]
+
+        # open it, edit the rejected text, save: re-scored with the loaded model
+        await pilot.press("enter")
+        detail = app.screen
+        assert detail.pair_id == ids[4]
+        await pilot.press("e")
+        detail.query_one("#rejected-text").load_text("Green and purple.")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not detail.editing, timeout=60)
+        edited = next(r for r in store.pairs() if r["id"] == ids[4])
+        assert edited["status"] == "edited" and edited["rejected"] == "Green and purple."
+        assert edited["score_rejected"] != pytest.approx(0.30)
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
+async def test_sort_bulk_accept_and_export(tmp_path, monkeypatch):
+    store = Store(tmp_path / "ws.sqlite")
+    seed_pairs(store)
+    monkeypatch.chdir(tmp_path)
+    app = make_app(tmp_path, FakeEngine(), start="pairs")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.click("#pairs-table", offset=(40, 0))  # the margin column's header
+        margins = [r["margin"] for r in screen.rows]
+        assert margins == sorted(margins, reverse=True) and screen.sort_key == "margin"
+        screen.query_one("#bulk-margin").value = "0.3"
+        await pilot.press("b")
+        accepted = {r["margin"] for r in store.pairs(("accepted",))}
+        assert accepted and min(accepted) >= 0.3 and len(accepted) == 3
+        await pilot.press("x")
+        await pilot.press("enter")  # the default: TRL JSONL of proposed, accepted and edited pairs
+        lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
+        assert len(lines) == 5 and {"prompt", "chosen", "rejected", "score_chosen"} <= set(json.loads(lines[0]))
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+async def test_evaluation_on_the_model(tmp_path, hf_backend):
+    path = write_eval_file(tmp_path / "pairs.jsonl")
+    app = make_app(tmp_path, hf_backend, start="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        screen.query_one("#eval-file").value = str(path)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not screen.running, timeout=120)
+        result = screen.results["ipo"]
+        assert result.pairs == 5
+        table = screen.query_one("#eval-table")
+        assert table.row_count == len(result.by_category) + 1  # one row per category, then all
+        assert "IPO accuracy" in str(screen.query_one("#status").render())
+
+
+async def test_evaluation_side_by_side(tmp_path):
+    path = write_eval_file(tmp_path / "pairs.jsonl")
+    app = make_app(tmp_path, FakeEngine(), start="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        screen.query_one("#eval-file").value = str(path)
+        screen.query_one("#eval-judge").value = "both"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not screen.running, timeout=30)
+        assert set(screen.results) == {"ipo", "self-reward"}
+        assert screen.results["self-reward"].parse_failures == 10  # the fake writes no score: counted, not guessed
+
+
+async def test_evaluation_bad_file_is_reported(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\nnot json\n')
+    app = make_app(tmp_path, FakeEngine(), start="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        screen.query_one("#eval-file").value = str(bad)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not screen.running, timeout=30)
+        assert "line 2" in str(screen.query_one("#status").render())
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+async def test_model_errors_stay_in_the_app(tmp_path):
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("not a model")
+    app = make_app(tmp_path, FakeEngine(), start="model")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await type_into(pilot, "#model-path", str(not_gguf))
+        await pilot.press("enter")
+        assert "is not a GGUF file" in str(screen.query_one("#model-chosen").render())
+        screen.query_one("#model-path").value = ""
+        await type_into(pilot, "#model-path", str(tmp_path / "missing.gguf"))
+        await pilot.press("enter")
+        assert "not found" in str(screen.query_one("#model-chosen").render())
+        assert app.is_running
+
+
+async def test_load_llamacpp_from_the_model_screen(tmp_path):
+    app = make_app(tmp_path, None, start="model", autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert "hf" in str(screen.query_one("#plan").render()) or "device" in str(screen.query_one("#plan").render())
+        await pilot.press("ctrl+b")  # llamacpp
+        await pilot.pause()
+        assert "q4_1" in str(screen.query_one("#plan").render())
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: app.engine is not None, timeout=120)
+        await pilot.pause()
+        loaded = str(screen.query_one("#loaded").render())
+        assert "llamacpp" in loaded and "q4_1" in loaded
+        assert app.judge is not None
+        app.engine.close()
+
+
+async def test_failed_load_is_shown_not_raised(tmp_path):
+    app = make_app(tmp_path, None, start="model", autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        from ipo_tui.models import ModelRef
+
+        app.load_engine("llamacpp", ModelRef("hf", str(tmp_path), "folder"), {})
+        await wait_for(pilot, lambda: app.engine_state == "failed", timeout=30)
+        await pilot.pause()
+        assert "needs a GGUF file" in str(app.screen.query_one("#loaded").render())
+
+
+# --- help and palette ------------------------------------------------------------------------------
+
+
+async def test_help_and_command_palette(tmp_path):
+    app = make_app(tmp_path, FakeEngine())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("escape")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Go to Pairs")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert app.current_mode == "pairs"
+        for key, mode in (("f2", "model"), ("f5", "eval"), ("f6", "train"), ("f7", "runs"), ("f3", "lab")):
+            await pilot.press(key)
+            assert app.current_mode == mode
