@@ -133,8 +133,9 @@ class IpoApp(App):
         if self.engine is None:
             return "no model loaded (F2)" if self.engine_state != "failed" else "model failed to load (F2)"
         caps = self.engine.capabilities
+        name = self.engine.ref.name.replace(" (embedded)", "")
         adapter = " + adapter" if getattr(self.engine, "adapter", "") else ""
-        return f"{self.engine.ref.name}{adapter} · {caps.backend} {caps.device} {caps.dtype}"
+        return f"{name}{adapter} · {caps.backend} {caps.device} {caps.dtype}"
 
     def template_for(self, category: str):
         """The template that judges `category`: the loaded judge's, or the config's before a load."""

@@ -339,3 +339,47 @@ async def test_help_and_command_palette(tmp_path):
         for key, mode in (("f2", "model"), ("f5", "eval"), ("f6", "train"), ("f7", "runs"), ("f3", "lab")):
             await pilot.press(key)
             assert app.current_mode == mode
+
+
+# --- training and runs ----------------------------------------------------------------------------
+
+
+async def test_training_run_plots_reattaches_and_loads_adapter(tmp_path, hf_backend):
+    """A tiny LoRA-DPO run launched from the form: the plots gain points; a new app on the same
+    workspace finds the run and follows it; the runs screen loads its adapter into the backend."""
+    store = Store(tmp_path / "ws.sqlite")
+    for pair_id in seed_pairs(store):
+        store.set_pair_status(pair_id, "accepted")
+    store.close()
+    app = make_app(tmp_path, hf_backend, start="train")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        for key, value in (("lora_r", "4"), ("lora_alpha", "8"), ("batch_size", "2"), ("epochs", "2"),
+                           ("max_length", "128")):
+            screen.query_one(f"#set-{key}").value = value
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: screen.run is not None or "✗" in str(screen.query_one("#status").render()),
+                       timeout=300)
+        assert screen.run is not None, screen.query_one("#status").render()
+        run_id = screen.run.id
+        await wait_for(pilot, lambda: screen.points >= 1, timeout=600, step=0.2)
+        first_points = screen.points
+        assert screen.query_one("#loss-plot").plt  # drawn from the metrics
+    # a new app on the same workspace: the run list comes from the store, the running run is followed
+    app = make_app(tmp_path, hf_backend, start="train")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.run is not None, timeout=10)
+        assert screen.run.id == run_id
+        await wait_for(pilot, lambda: screen.run.status == "completed", timeout=900, step=0.5)
+        await pilot.pause(1.5)  # the last poll
+        assert screen.points >= max(first_points, 2) and screen.points == len(screen.metrics)
+        assert "step 6/6" in str(screen.query_one("#run-speed").render())
+        await pilot.press("f7")
+        runs = app.screen
+        await wait_for(pilot, lambda: runs.query_one("#runs-table").row_count == 1 and runs.last, timeout=10)
+        assert "completed" in str(runs.query_one("#runs-table").get_row_at(0)[2])
+        await pilot.press("l")
+        await wait_for(pilot, lambda: app.engine is not hf_backend or app.engine_state == "failed", timeout=300)
+        assert app.engine_state == "ready" and app.engine.adapter.endswith("adapter")
+        assert "+ adapter" in app.engine_label()

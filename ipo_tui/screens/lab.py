@@ -88,6 +88,7 @@ threshold, the model is not answering Yes/No under this template.
         self._template_name = ""
         self._loading_template = 0
         self.generating = False
+        self._generated = self._to_generate = 0
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="lab-body"):
@@ -228,7 +229,8 @@ threshold, the model is not answering Yes/No under this template.
         for card in cards:
             if not card.text.strip():
                 card.judgement = None
-                card.bar.show_message("(empty)")
+                card.bar.show_message("waiting for the model…" if self.generating else "(empty)",
+                                      "dim italic" if self.generating else "dim")
         if not instruction.strip():
             for card in cards:
                 card.judgement = None
@@ -243,7 +245,8 @@ threshold, the model is not answering Yes/No under this template.
         for card in cards:
             if card.text.strip():
                 card.bar.show_pending()
-        self.set_status("scoring…", "dim")
+        generating = f"generating {self._generated}/{self._to_generate} · " if self.generating else ""
+        self.set_status(f"{generating}scoring…", "dim")
         self.score_worker(self.version, instruction, items, self.category())
 
     @work(thread=True, exclusive=True, group="score", exit_on_error=False)
@@ -279,7 +282,9 @@ threshold, the model is not answering Yes/No under this template.
         low = sum(1 for c in self.cards if c.judgement is not None and c.judgement.low_mass)
         template = next(iter(message.results.values())).template if message.results else ""
         note = f"; {low} below the mass threshold" if low else ""
-        self.set_status(f"scored {len(message.results)} candidates · category {message.category} · template {template}{note}")
+        generating = f"generating {self._generated}/{self._to_generate} · " if self.generating else ""
+        self.set_status(f"{generating}scored {len(message.results)} candidates · category {message.category} · "
+                        f"template {template}{note}")
 
     def on_score_failed(self, message: ScoreFailed) -> None:
         if message.version != self.version:
@@ -293,7 +298,7 @@ threshold, the model is not answering Yes/No under this template.
         self.error(message.error, "scoring")
 
     def _rank(self) -> None:
-        scored = [c for c in self.cards if c.judgement is not None]
+        scored = [c for c in self.cards if c.judgement is not None and not getattr(c.judgement, "missing", False)]
         best = max(scored, key=lambda c: c.judgement.p_yes) if len(scored) > 1 else None
         worst = min(scored, key=lambda c: c.judgement.p_yes) if len(scored) > 1 else None
         for index, card in enumerate(self.cards, 1):
@@ -371,6 +376,7 @@ threshold, the model is not answering Yes/No under this template.
         for card in self.cards[:n]:
             card.bar.show_message("waiting for the model…", "dim italic")
         self.generating = True
+        self._generated, self._to_generate = 0, n
         self.set_status(f"generating 0/{n}…")
         self.generate_worker(instruction, n, max_tokens, temperature, seed)
 
@@ -406,7 +412,8 @@ threshold, the model is not answering Yes/No under this template.
         card = cards[message.index]
         card.generated = (message.text, message.seed, message.policy)
         card.editor.load_text(message.text)
-        self.set_status(f"generated {message.index + 1} candidate(s)…")
+        self._generated = message.index + 1
+        self.set_status(f"generating {self._generated}/{self._to_generate}…")
 
     def on_generate_done(self, message: GenerateDone) -> None:
         self.generating = False
@@ -430,7 +437,8 @@ threshold, the model is not answering Yes/No under this template.
         if self.scored_version != self.version or self._timer is not None:
             self.set_status("still scoring the latest edit; save again in a moment", "yellow")
             return
-        scored = [(i, c) for i, c in enumerate(self.cards) if c.judgement is not None and c.text.strip()]
+        scored = [(i, c) for i, c in enumerate(self.cards)
+                  if c.judgement is not None and c.text.strip() and not getattr(c.judgement, "missing", False)]
         if len(scored) < 2:
             self.error("a pair needs at least two scored candidates", "save pair")
             return

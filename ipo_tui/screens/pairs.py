@@ -23,8 +23,8 @@ from ipo_tui.store import PAIR_STATUSES
 STATUS_STYLE = {"proposed": "yellow", "accepted": "green", "rejected": "red", "edited": "cyan"}
 COLUMNS = (  # key, label, width
     ("id", "#", 4), ("status", "status", 8), ("set", "set", 9), ("category", "cat.", 7),
-    ("margin", "margin", 6), ("score_chosen", "p'ch", 5), ("score_rejected", "p'rj", 5),
-    ("prompt", "prompt", 18), ("chosen", "chosen", 18), ("rejected", "rejected", 18),
+    ("margin", "margin", 8), ("score_chosen", "p'ch", 6), ("score_rejected", "p'rj", 6),
+    ("prompt", "prompt", 17), ("chosen", "chosen", 16), ("rejected", "rejected", 16),
 )
 SORT_ORDER = ("id", "margin", "score_chosen", "score_rejected", "status", "category", "set", "prompt")
 
@@ -150,7 +150,7 @@ Every change is written to the workspace at once.
         status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
         return [str(r["id"]), status, one_line(r["prompt_set"], 9), r["category"] or r["prompt_category"] or "",
                 f"{r['margin']:.3f}", score(r["score_chosen"]), score(r["score_rejected"]),
-                one_line(r["prompt"], 18), one_line(r["chosen"], 18), one_line(r["rejected"], 18)]
+                one_line(r["prompt"], 17), one_line(r["chosen"], 16), one_line(r["rejected"], 16)]
 
     def _summary(self) -> None:
         counts = {s: 0 for s in PAIR_STATUSES}

@@ -71,9 +71,9 @@ each run's folder.
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         for key, label, width in (("id", "run", 10), ("kind", "kind", 4), ("status", "status", 11),
-                                  ("created", "created", 19), ("step", "step", 9), ("loss", "loss", 7),
+                                  ("created", "created", 16), ("step", "step", 9), ("loss", "loss", 7),
                                   ("margin", "margin", 7), ("acc", "accuracy", 8), ("examples", "pairs", 5),
-                                  ("adapter", "adapter", 7), ("source", "data", 14)):
+                                  ("adapter", "adapter", 7), ("source", "data", 17)):
             table.add_column(label, key=key, width=width)
         if runner() is None:
             self.set_status("the training runner (ipo_tui.train.runner) is not installed", "yellow")
@@ -128,11 +128,11 @@ each run's folder.
             m = self.last.get(run.id, {})
             step = f"{m['step']}/{m.get('max_steps', '?')}" if m else "—"
             table.add_row(
-                run.id, run.kind, Text(run.status, style=STATUS_STYLE.get(run.status, "")), str(run.created_at)[:19],
+                run.id, run.kind, Text(run.status, style=STATUS_STYLE.get(run.status, "")), str(run.created_at)[:16].replace("T", " "),
                 step, number(m.get("loss"), ".4f"), number(m.get("rewards/margins"), ".3f"),
                 number(m.get("rewards/accuracies"), ".2f"), str(run.config.get("examples", "")),
                 "yes" if getattr(run, "adapter", None) or (run.folder / "adapter").is_dir() else "—",
-                str(run.config.get("data_source", ""))[:14], key=run.id)
+                str(run.config.get("data_source", ""))[:17], key=run.id)
         if keep is not None and keep.id in {r.id for r in self.runs}:
             table.move_cursor(row=table.get_row_index(keep.id), animate=False)
         running = sum(r.status == "running" for r in self.runs)

@@ -103,6 +103,7 @@ a child process: the app can close, and it finds the run again when it opens.
         self._polling = False
         self._final_poll_done = False
         self.points = 0  # steps drawn in the plots
+        self._shown_status = ""
 
     def compose_body(self) -> ComposeResult:
         module = runner()
@@ -166,7 +167,7 @@ a child process: the app can close, and it finds the run again when it opens.
         self.run = run
         self.metrics = []
         self._final_poll_done = False
-        self.set_status(f"showing {run.id} ({run.status}); ctrl+t stops a running run, ctrl+g resumes a stopped one")
+        self._shown_status = ""
         self._show_run()
         self.poll()
 
@@ -213,7 +214,9 @@ a child process: the app can close, and it finds the run again when it opens.
         self._show_run(message.progress)
         if changed:
             self._draw()
-        self.query_one("#run-log", Static).update(Text("\n".join(message.log[-12:]) or "(no log yet)", style="dim"))
+        lines = [line.rsplit("\r", 1)[-1] for line in message.log[-12:]]  # progress bars rewrite their line
+        self.query_one("#run-log", Static).update(
+            Text("\n".join(lines) or "(no log yet)", style="dim", no_wrap=True, overflow="ellipsis"))
 
     def _show_run(self, progress: dict | None = None) -> None:
         title = self.query_one("#run-title", Static)
@@ -243,10 +246,18 @@ a child process: the app can close, and it finds the run again when it opens.
         if "loss" in last:
             parts.append(f"loss {last['loss']:.4f}")
         self.query_one("#run-speed", Static).update(" · ".join(parts))
-        if run.status != "running":
+        if run.status != self._shown_status:
+            self._shown_status = run.status
             error = run.folder / "error.txt"
-            if error.exists():
+            if run.status != "running" and error.exists():
                 self.set_status(f"✗ {run.id} {run.status}: {error.read_text().strip()}", "bold red")
+            elif run.status == "completed":
+                self.set_status(f"{run.id} completed: its adapter is in the run folder; F7 then l loads it for scoring",
+                                "green")
+            elif run.status == "running":
+                self.set_status(f"following {run.id}; ctrl+t stops it (a checkpoint is saved first)")
+            else:
+                self.set_status(f"{run.id} {run.status}; ctrl+g resumes it from its last checkpoint", "yellow")
 
     def _draw(self) -> None:
         steps = [m["step"] for m in self.metrics]

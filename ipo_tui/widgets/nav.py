@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static, Tab, Tabs
@@ -26,7 +27,7 @@ class NavBar(Horizontal):
     DEFAULT_CSS = """
     NavBar { height: 2; dock: top; }
     NavBar NavTabs { width: 1fr; }
-    NavBar #engine-label { width: auto; max-width: 56; height: 2; padding: 0 1; content-align: right middle; color: $text-muted; }
+    NavBar #engine-label { width: auto; max-width: 52; height: 1; padding: 0 1; color: $text-muted; }
     """
 
     def __init__(self, active: str) -> None:
@@ -35,13 +36,16 @@ class NavBar(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield NavTabs(*(Tab(label, id=f"nav-{mode}") for mode, label in SCREENS), active=f"nav-{self.active}")
-        yield Static(self.app.engine_label(), id="engine-label")
+        yield Static(self._label(), id="engine-label")
 
     def on_mount(self) -> None:
         self.app.engine_status_signal.subscribe(self, self._engine_status)
 
     def _engine_status(self, _status) -> None:
-        self.query_one("#engine-label", Static).update(self.app.engine_label())
+        self.query_one("#engine-label", Static).update(self._label())
+
+    def _label(self) -> Text:
+        return Text(self.app.engine_label(), no_wrap=True, overflow="ellipsis")
 
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
         event.stop()

@@ -48,6 +48,10 @@ class ScoreBar(Static):
     def show_judgement(self, judgement, min_mass: float, rank: str = "") -> None:
         self.state = "scored"
         self.set_class(False, "-stale")
+        if getattr(judgement, "missing", False):  # a server returned neither Yes nor No
+            self.p_yes, self.mass = None, judgement.mass
+            self.update(Text("no Yes or No among the server's top logprobs: no score", style="bold yellow"))
+            return
         self.p_yes, self.mass = judgement.p_yes, judgement.mass
         p_yes_mass = judgement.p_yes * judgement.mass
         p_no_mass = judgement.mass - p_yes_mass
