@@ -257,10 +257,11 @@ Every change is written to the workspace at once.
             return
         ids = [r["id"] for r in self.rows if r["status"] == "proposed" and r["margin"] >= threshold]
         try:
-            for pair_id in ids:
-                self.app.store.set_pair_status(pair_id, "accepted")
+            if ids:
+                self.app.store.set_pair_status(ids, "accepted")  # one transaction: all of them or none
         except IpoError as exc:
             self.error(str(exc), "bulk-accept")
+            return
         self.reload()
         self.set_status(f"accepted {len(ids)} proposed pairs with margin ≥ {threshold:g}", "green")
 
