@@ -35,7 +35,27 @@ def make_app(tmp_path, **kwargs) -> IpoApp:
     return app
 
 
+def steady(pilot) -> None:
+    """No blinking cursors: a blink caught mid-phase would make the snapshot flaky."""
+    from textual.widgets import Input, TextArea
+
+    for screen in pilot.app.screen_stack:
+        for widget in screen.query("TextArea, Input"):
+            if isinstance(widget, (TextArea, Input)):
+                widget.cursor_blink = False
+
+
+def pressing(*keys):
+    async def run_before(pilot) -> None:
+        await pilot.press(*keys)
+        await pilot.pause()
+        steady(pilot)
+
+    return run_before
+
+
 async def settle(pilot) -> None:
+    steady(pilot)
     await pilot.pause(0.4)
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
@@ -60,7 +80,7 @@ def seed_run(tmp_path) -> None:
 
 
 def test_model_screen(workspace, snap_compare):
-    assert snap_compare(make_app(workspace, start="model"), terminal_size=SIZE)
+    assert snap_compare(make_app(workspace, start="model"), terminal_size=SIZE, run_before=steady)
 
 
 def test_lab_screen(workspace, snap_compare):
@@ -71,6 +91,7 @@ def test_lab_screen(workspace, snap_compare):
         screen.query_one("#cand-text-2").load_text("12 + 30 = 52.")
         screen.query_one("#cand-text-3").load_text("Forty-two: add the tens (10 + 30 = 40), then the units (2).")
         await settle(pilot)
+        steady(pilot)
 
     assert snap_compare(make_app(workspace), terminal_size=SIZE, run_before=type_text)
 
@@ -85,6 +106,7 @@ def test_lab_screen_low_mass_and_template_error(workspace, snap_compare):
         await settle(pilot)
         screen.query_one("#tpl-user").load_text("Is this reply good? {response}")
         await settle(pilot)
+        steady(pilot)
 
     assert snap_compare(make_app(workspace), terminal_size=SIZE, run_before=break_template)
 
@@ -95,14 +117,14 @@ def test_pairs_screen(workspace, snap_compare):
     store.set_pair_status(ids[1], "accepted")
     store.set_pair_status(ids[3], "rejected")
     store.close()
-    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE)
+    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, run_before=steady)
 
 
 def test_pair_detail(workspace, snap_compare):
     store = Store(workspace / "ws.sqlite")
     seed_pairs(store)
     store.close()
-    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, press=["down", "enter"])
+    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, run_before=pressing("down", "enter"))
 
 
 def test_eval_screen(workspace, snap_compare):
@@ -111,6 +133,7 @@ def test_eval_screen(workspace, snap_compare):
     async def evaluate(pilot):
         await pilot.press("ctrl+r")
         await settle(pilot)
+        steady(pilot)
 
     app = make_app(workspace, start="eval", eval_file="pairs.jsonl")
     assert snap_compare(app, terminal_size=SIZE, run_before=evaluate)
@@ -127,4 +150,4 @@ def test_runs_screen(workspace, snap_compare):
 
 
 def test_help_screen(workspace, snap_compare):
-    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, press=["f1"])
+    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, run_before=pressing("f1"))
