@@ -183,6 +183,7 @@ def loop(
     temperature: float = typer.Option(0.8, "--temperature"), top_p: float = typer.Option(0.95, "--top-p"),
     max_tokens: int = typer.Option(256, "--max-tokens"), seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("auto", "--backend", "-b", help="Engine that samples and judges: hf, llamacpp, or auto (llamacpp for GGUF files)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for sampling and judging (default: all cores)."),
     model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
@@ -196,7 +197,7 @@ def loop(
             raise IpoError("give --prompts NAME to start a loop, or --resume LOOP to continue one (`ipo runs` lists them)")
         resume_id = loops.start(store, prompts, iterations, n, backend, model,
                                 _sampling(n, temperature, top_p, max_tokens, seed), min_margin, holdout,
-                                overrides(set_), config, eval_file, eval_limit, limit)
+                                overrides(set_), config, eval_file, eval_limit, limit, threads)
         out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")
     bar, progress = _progress("working")
     with bar:

@@ -32,7 +32,7 @@ Events = Callable[[str], None]
 def start(store: Store, prompts: str, iterations: int, n: int, backend: str, model: str | None,
           sampling: Sampling, min_margin: float = 0.0, holdout: float = 0.1, overrides: dict | None = None,
           config_file: Path | None = None, eval_file: str | None = None, eval_limit: int = 64,
-          limit: int | None = None) -> str:
+          limit: int | None = None, threads: int | None = None) -> str:
     """Record a new loop (checked in full before anything runs); returns its id."""
     if iterations < 1 or n < 2:
         raise IpoError("a loop needs --iterations >= 1 and -n >= 2 (a pair needs two candidates)")
@@ -53,7 +53,7 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
     loop_id = f"loop-{len(store.runs('loop')) + 1:03d}"
     folder = store.path.parent / "runs" / loop_id
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"prompts": prompts, "limit": limit, "iterations": iterations, "n": n, "backend": backend, "model": model or "",
+    spec = {"prompts": prompts, "limit": limit, "iterations": iterations, "n": n, "backend": backend, "threads": threads, "model": model or "",
             "sampling": sampling.__dict__, "min_margin": min_margin, "holdout": holdout,
             "held_out": max(1, round(len(rows) * holdout)) if holdout else 0, "settings": settings,
             "eval_file": eval_file or "", "eval_limit": eval_limit, "done": []}
@@ -98,7 +98,7 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
         times[name] = round(time.perf_counter() - start, 1)
         return result
 
-    engine = stage("load", lambda: backends.load(spec["backend"], ref, adapter=adapter or None))
+    engine = stage("load", lambda: backends.load(spec["backend"], ref, adapter=adapter or None, threads=spec["threads"]))
     policy = pipeline.policy_of(engine)
     judge = Judge(engine)
     stage("generate", lambda: pipeline.generate(store, engine, policy, prompts, spec["n"], sampling, on_progress))
@@ -129,7 +129,7 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
             raise IpoError(f"iteration {k + 1}: training {train_run.status}; `ipo loop --resume {loop_id}` continues")
     new_adapter = str(train_run.adapter)
 
-    engine = stage("load trained", lambda: backends.load(spec["backend"], ref, adapter=new_adapter))
+    engine = stage("load trained", lambda: backends.load(spec["backend"], ref, adapter=new_adapter, threads=spec["threads"]))
     try:
         evaluation = stage("evaluate", lambda: _evaluate(store, engine, policy, held_out, spec, sampling, on_progress))
     finally:

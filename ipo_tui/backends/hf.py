@@ -102,6 +102,9 @@ class HFBackend(Backend):
         if same and not getattr(self.model.config, "sliding_window", None):  # a window cannot be cropped back
             cache = copy.deepcopy(self._prefix_cache)
             cache.crop(same - len(kept))
+            if same == len(prefix):  # the new prefix is a beginning of the kept one
+                self._prefix_ids, self._prefix_cache = list(prefix), cache
+                return cache
         else:
             same = 0
         rest = self._torch.tensor([prefix[same:]], device=self.device)
