@@ -141,3 +141,10 @@ def test_config_chooses_template_per_category(hf_backend):
     judge = Judge(hf_backend, {"judge": {"category_templates": {"chat": "generic"}}})
     [j] = judge.score(QUESTION, [ANSWERS[0]])
     assert (j.category, j.template) == ("chat", "generic")
+
+
+def test_prefix_inside_the_kept_one(hf_judge):
+    # fewer candidates of the same instruction: the new shared prefix is a beginning of the kept one
+    one = hf_judge.score(QUESTION, [ANSWERS[0]], "chat")
+    two = hf_judge.score(QUESTION, [ANSWERS[1], ANSWERS[0]], "chat")
+    assert two[1].p_yes == pytest.approx(one[0].p_yes, abs=1e-4)

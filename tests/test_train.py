@@ -86,7 +86,7 @@ def test_training_learns(store, pair_file, tiny_model):
 
 def test_stop_then_kill_then_resume(store, pair_file, tiny_model):
     run = runner.start("dpo", pair_file, tiny_model, dict(FAST, epochs=10, save_steps=3), store)
-    _wait_for(lambda: runner._progress(run.folder).get("step", 0) >= 2)
+    _wait_for(lambda: runner.progress(run.folder).get("step", 0) >= 2)
     runner.stop(run.id, store)  # what Ctrl-C and the app's stop key do
     run = runner.follow(run, store)
     assert run.status == "stopped"

@@ -37,18 +37,3 @@ def one_line(text: str | None, width: int) -> str:
     """Collapse whitespace and cut to `width` characters with an ellipsis."""
     flat = " ".join((text or "").split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-def judge_score(judge, instruction: str, responses: list[str], category: str | None):
-    """`judge.score`, working around an hf backend bug until the core fixes it: when a call's shared
-    prefix lies inside the previous call's (fewer or other candidates of the same instruction),
-    `HFBackend._cache_for` runs the model on an empty tensor and raises a RuntimeError. Dropping
-    the kept prefix and retrying once gives the right scores (from a fresh prefix)."""
-    try:
-        return judge.score(instruction, responses, category)
-    except RuntimeError as exc:
-        backend = judge.backend
-        if "indices" not in str(exc) or not hasattr(backend, "_prefix_ids"):
-            raise
-        backend._prefix_ids, backend._prefix_cache = [], None
-        return judge.score(instruction, responses, category)

@@ -16,7 +16,7 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from ipo_tui.errors import IpoError
-from ipo_tui.screens.base import ModeScreen, judge_score
+from ipo_tui.screens.base import ModeScreen
 
 DEFAULT_FILE = Path("/work/shared/data/rewardbench-dev.jsonl")
 JUDGE_CHOICES = {"ipo": ("ipo",), "self-reward": ("self-reward",), "both": ("ipo", "self-reward")}
@@ -58,8 +58,6 @@ class Locked:
 
         def locked(*args, **kwargs):
             with self._lock:
-                if name == "score":
-                    return judge_score(self._inner, *args, **kwargs)
                 return value(*args, **kwargs)
 
         return locked

@@ -19,7 +19,7 @@ from textual.worker import get_current_worker
 from ipo_tui.categories import route
 from ipo_tui.errors import IpoError
 from ipo_tui.prompts import CATEGORIES
-from ipo_tui.screens.base import ModeScreen, judge_score
+from ipo_tui.screens.base import ModeScreen
 from ipo_tui.widgets.candidate import CandidateCard
 
 DEBOUNCE_S = 0.3
@@ -258,7 +258,7 @@ threshold, the model is not answering Yes/No under this template.
                 return  # a newer edit is on its way; do not spend the engine on this one
             judge = app.judge
             try:
-                judgements = judge_score(judge, instruction, [text for _, text in items], category)
+                judgements = judge.score(instruction, [text for _, text in items], category)
             except IpoError as exc:
                 self.post_message(ScoreFailed(version, str(exc)))
                 return

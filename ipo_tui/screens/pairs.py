@@ -17,7 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static, TextArea
 
 from ipo_tui.errors import IpoError
-from ipo_tui.screens.base import ModeScreen, judge_score, one_line
+from ipo_tui.screens.base import ModeScreen, one_line
 from ipo_tui.store import PAIR_STATUSES
 
 STATUS_STYLE = {"proposed": "yellow", "accepted": "green", "rejected": "red", "edited": "cyan"}
@@ -441,7 +441,7 @@ class PairScreen(ModalScreen):
         with self.app.engine_lock:
             judge = self.app.judge
             try:
-                judgements = judge_score(judge, prompt, [chosen, rejected], category)
+                judgements = judge.score(prompt, [chosen, rejected], category)
                 error = None
             except Exception as exc:
                 judgements, error = None, str(exc) if isinstance(exc, IpoError) else f"{type(exc).__name__}: {exc}"

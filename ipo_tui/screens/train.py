@@ -200,7 +200,7 @@ a child process: the app can close, and it finds the run again when it opens.
         try:
             metrics = module.read_metrics(folder)
             log = module.log_tail(folder, lines=12)
-            progress = module._progress(folder) if hasattr(module, "_progress") else {}
+            progress = module.progress(folder)
         except Exception as exc:  # a half-written file: try again next second
             metrics, log, progress = self.metrics, [f"(could not read the run: {exc})"], {}
         self.post_message(RunPolled(run_id, metrics, log, progress))

@@ -141,14 +141,14 @@ def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: Non
     try:
         while _alive(run):
             metrics = read_metrics(run.folder)
-            on_progress(_progress(run.folder), metrics[seen:])
+            on_progress(progress(run.folder), metrics[seen:])
             seen = len(metrics)
             time.sleep(poll)
     except KeyboardInterrupt:
         stop(run.id, store)
         while _alive(run):
             time.sleep(poll)
-    on_progress(_progress(run.folder), read_metrics(run.folder)[seen:])
+    on_progress(progress(run.folder), read_metrics(run.folder)[seen:])
     return info(store, run.id)
 
 
@@ -198,7 +198,7 @@ def last_checkpoint_step(run: RunInfo) -> int:
     return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
 
 
-def _progress(folder: Path) -> dict:
+def progress(folder: Path) -> dict:
     try:
         return json.loads((folder / "progress.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
