@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ipo_tui.cli import ModelOpt, WorkspaceOpt, err, open_store, out
+from ipo_tui.cli import BaseUrlOpt, ConcurrencyOpt, ModelOpt, WorkspaceOpt, err, open_store, out
 from ipo_tui.errors import IpoError
 
 train_app = typer.Typer(help="LoRA training runs: dpo, sft, resume, stop.", no_args_is_help=True,
@@ -182,23 +182,37 @@ def loop(
     eval_limit: int = typer.Option(64, "--eval-limit", help="A fixed sample of N pairs of --eval-file."),
     temperature: float = typer.Option(0.8, "--temperature"), top_p: float = typer.Option(0.95, "--top-p"),
     max_tokens: int = typer.Option(256, "--max-tokens"), seed: int = typer.Option(0, "--seed"),
-    backend: str = typer.Option("auto", "--backend", "-b", help="Engine that samples and judges: hf, llamacpp, or auto (llamacpp for GGUF files)."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="Engine that samples and judges: hf, llamacpp, server, or auto (server with --base-url, llamacpp for GGUF files)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for sampling and judging (default: all cores)."),
-    model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="server: the served model of the policy the loop needs (default: the one the server lists)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model to train: a GGUF file, an HF folder or id (default: the embedded SmolLM2-135M-Instruct). With a server, the local copy of the weights it serves."),
+    config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
-    """Iterate: sample and judge with policy k, build pairs, train adapter k+1 (LoRA-DPO)."""
+    """Iterate: sample and judge with policy k, build pairs, train adapter k+1 (LoRA-DPO).
+
+    With a server (--base-url), training runs here and each new adapter is handed to the server
+    (vLLM loads it at runtime); other servers get a file to serve and the loop waits for a resume."""
     from ipo_tui import loop as loops
     from ipo_tui.cli import _progress, _sampling
 
     store = open_store(workspace)
+    moved = {"base_url": base_url, "served_model": served_model}  # a resumed server loop's new address or name
     if resume_id is None:
         if prompts is None:
             raise IpoError("give --prompts NAME to start a loop, or --resume LOOP to continue one (`ipo runs` lists them)")
+        if backend == "auto" and base_url:
+            backend = "server"
+        if base_url and backend != "server":
+            raise IpoError(f"--base-url goes with --backend server, not {backend}")
         resume_id = loops.start(store, prompts, iterations, n, backend, model,
                                 _sampling(n, temperature, top_p, max_tokens, seed), min_margin, holdout,
-                                overrides(set_), config, eval_file, eval_limit, limit, threads)
+                                overrides(set_), config, eval_file, eval_limit, limit, threads,
+                                {**moved, "concurrency": concurrency})
+        moved = {}
         out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")
+    store.run(resume_id)  # an unknown id fails here, before the progress bar shows
     bar, progress = _progress("working")
     with bar:
         def event(message: str) -> None:
@@ -210,7 +224,7 @@ def loop(
             bar.update(bar.task_ids[0], completed=state.get("step", 0), total=state.get("max_steps"),
                        description=f"training{stats}")
 
-        record = loops.run(store, resume_id, event, progress, train_progress)
+        record = loops.run(store, resume_id, event, progress, train_progress, **moved)
     table = Table("iteration", "pairs", "held-out agreement", "mean p'yes prev → new", "eval acc", "seconds per stage")
     for it in record["done"]:
         e = it["eval"]

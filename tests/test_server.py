@@ -48,9 +48,9 @@ def serve(tmp_path):
     _server_extras()
     started = []
 
-    def start(path):
+    def start(path, alias=ALIAS, lora=None):
         log = logs.enter_context((tmp_path / f"server-{len(started)}.log").open("wb"))
-        process, url = spawn_llama_cpp_server(path, threads=1, alias=ALIAS, log=log)
+        process, url = spawn_llama_cpp_server(path, threads=1, alias=alias, log=log, lora=lora)
         started.append(process)
         return process, url
 
@@ -183,6 +183,63 @@ def test_a_server_killed_mid_run_keeps_what_was_stored_and_a_rerun_completes(ser
         store.close()
 
 
+@pytest.mark.slow
+def test_a_loop_through_a_server_waits_for_the_new_policy_to_be_served(serve, tmp_path):
+    from ipo_tui import loop, serving
+    from ipo_tui.train import runner
+
+    store = Store(tmp_path / "ws" / "workspace.sqlite")
+    store.add_prompt_set("tiny", "test", [{"text": p} for p in PROMPTS])
+    base = models.resolve(None)
+    first, url = serve(base.path)
+    loop_id = loop.start(store, "tiny", 1, 2, "server", None, Sampling(2, 0.8, 0.95, 8, 0), holdout=0.25,
+                         overrides={"learning_rate": 5e-3, "batch_size": 2, "lora_r": 8, "lora_alpha": 16,
+                                    "max_length": 128}, server={"base_url": url, "concurrency": 2})
+    events = []
+    # llama-cpp-python's server cannot load adapters at runtime: the loop writes a GGUF LoRA and waits
+    with pytest.raises(serving.ServeNeeded, match=rf"still serves '{ALIAS}': serve .* --lora_path LORA") as info:
+        loop.run(store, loop_id, on_event=events.append)
+    assert "\n" not in str(info.value) and f"ipo loop --resume {loop_id}" in str(info.value)
+    assert runner.info(store, loop_id).status == "waiting"
+    train_run = runner.info(store, f"{loop_id}-iter1")
+    lora = train_run.folder / serving.SERVE_FOLDER / "adapter.gguf"
+    assert train_run.status == "completed" and lora.is_file()
+    assert any("cannot load adapters at runtime" in e for e in events)
+
+    # resumed while the server still serves the base: still waiting, and nothing is trained again
+    with pytest.raises(serving.ServeNeeded):
+        loop.run(store, loop_id, on_event=lambda m: None)
+    assert runner.info(store, f"{loop_id}-iter1").created_at == train_run.created_at
+
+    # served under a new name on a new address: the loop adopts it and finishes the iteration there
+    first.kill()
+    first.wait()
+    _, new_url = serve(base.path, alias="policy-1", lora=lora)
+    record = loop.run(store, loop_id, on_event=lambda m: None, base_url=new_url)
+    [iteration] = record["done"]
+    assert runner.info(store, loop_id).status == "completed" and record["server"]["served"] == {"0": ALIAS, "1": "policy-1"}
+    assert iteration["eval"]["held_out_prompts"] == 1 and iteration["eval"]["mean_p_yes_new_samples"] is not None
+    held_out = store.prompts("tiny")[-1]
+    adapter = str(train_run.adapter.resolve())
+    assert len(store.candidates(held_out["id"], "policy-1", adapter)) == 2  # the new policy's own samples
+    store.close()
+
+
+def test_vllm_gets_the_adapter_at_runtime(scripted, tmp_path):
+    from types import SimpleNamespace
+
+    from ipo_tui import serving
+
+    run = SimpleNamespace(id="loop-001-iter1", folder=tmp_path / "run", adapter=tmp_path / "run" / "adapter")
+    server = {"base_url": scripted, "concurrency": 1, "served": {"0": "scripted"}}
+    serving.hand_off(server, 1, run, models.resolve(None), on_event=lambda m: None)
+    assert server["served"]["1"] == "loop-001-iter1" and not (run.folder / serving.SERVE_FOLDER).exists()
+    assert _Script.adapters == [{"lora_name": "loop-001-iter1", "lora_path": str(run.adapter.resolve())}]
+    del server["served"]["1"]  # a resumed loop finds it served and loads nothing twice
+    serving.hand_off(server, 1, run, models.resolve(None), on_event=lambda m: None)
+    assert server["served"]["1"] == "loop-001-iter1" and len(_Script.adapters) == 1
+
+
 def test_an_unreachable_server_is_one_line():
     url = f"http://127.0.0.1:{_free_port()}"
     start = time.perf_counter()
@@ -228,10 +285,12 @@ def test_top_logprobs_are_matched_by_trimmed_text_and_case_variants():
 
 
 class _Script(BaseHTTPRequestHandler):
-    """/v1/models lists one model; /v1/chat/completions answers from `failures` first, then 200."""
+    """/v1/models lists one model; /v1/chat/completions answers from `failures` first, then 200;
+    /v1/load_lora_adapter adds an adapter the way vLLM's runtime LoRA loading does."""
 
     failures: ClassVar[list] = []
     seen: ClassVar[list] = []
+    adapters: ClassVar[list] = []
     in_flight = 0
     most_in_flight = 0
     lock = threading.Lock()
@@ -251,11 +310,20 @@ class _Script(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self._send(200, {"object": "list", "data": [{"id": "scripted", "max_model_len": 1234}]})
+        loaded = [{"id": a["lora_name"], "parent": "scripted"} for a in self.adapters]
+        self._send(200, {"object": "list", "data": [{"id": "scripted", "max_model_len": 1234}, *loaded]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         cls = type(self)
+        if self.path == "/v1/load_lora_adapter":
+            cls.adapters.append(body)
+            text = f"Success: LoRA adapter '{body['lora_name']}' added successfully.".encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
         with cls.lock:
             cls.seen.append((self.headers.get("authorization"), body))
             failure = cls.failures.pop(0) if cls.failures else None
@@ -279,7 +347,7 @@ class _Script(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scripted():
-    _Script.failures, _Script.seen, _Script.most_in_flight, _Script.delay = [], [], 0, 0.0
+    _Script.failures, _Script.seen, _Script.adapters, _Script.most_in_flight, _Script.delay = [], [], [], 0, 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Script)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

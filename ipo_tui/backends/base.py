@@ -62,6 +62,12 @@ class Backend(ABC):
     def close(self) -> None:
         """Free the engine's memory; the backend is unusable afterwards."""
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def split_common_prefix(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:
     """The longest prefix all sequences share, and what is left of each (never empty)."""

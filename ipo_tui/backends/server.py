@@ -28,6 +28,16 @@ KEY_VARIABLES = ("IPO_API_KEY", "OPENAI_API_KEY")
 URL_VARIABLE = "IPO_BASE_URL"
 TOP_LOGPROBS = 20  # what OpenAI and vLLM (max_logprobs) allow by default
 _TRANSIENT = {408, 409, 425, 429}  # and every 5xx
+_NOT_IMPLEMENTED = 501  # a 5xx that retrying will not change
+_NO_ENDPOINT = {404, 405, _NOT_IMPLEMENTED}
+
+
+class Refused(IpoError):
+    """The server answered a request with a final (non-transient) error status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class ServerBackend(Backend):
@@ -75,7 +85,7 @@ class ServerBackend(Backend):
             self.close()
             raise
         self.ref = ModelRef("hub", self.model_name, self.model_name)
-        self.adapter = ""
+        self.adapter = ""  # the server applies none; serving.connect labels a served policy with its local adapter
         self.capabilities = Capabilities(
             backend="server", device="remote", dtype="as served", threads=None,
             context_length=int(context or n_ctx or 0), can_train=False, supports_lora=False,
@@ -112,6 +122,27 @@ class ServerBackend(Backend):
             return message.get("content") or ""
 
         return self._map(one, range(sampling.n))
+
+    def load_adapter(self, name: str, folder: str) -> bool:
+        """Ask the server to serve the PEFT adapter in `folder` (a path the server can read) as model
+        `name`: vLLM's runtime LoRA loading (--enable-lora, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+        True when it serves `name` now; False when the server has no such endpoint."""
+        listed = self._request("GET", "/models", None, "listing the served models").get("data") or []
+        if any(m.get("id") == name for m in listed):
+            return True
+        try:
+            self._request("POST", "/load_lora_adapter", {"lora_name": name, "lora_path": folder},
+                          f"loading adapter {name!r} from {folder}", answer_is_json=False)  # vLLM answers in text
+        except Refused as exc:
+            if exc.status in _NO_ENDPOINT:
+                return False
+            raise
+        return True
+
+    def served_models(self) -> list[str]:
+        """The base models the server lists (adapters it serves on top of one are left out)."""
+        listed = self._request("GET", "/models", None, "listing the served models").get("data") or []
+        return [str(m["id"]) for m in listed if m.get("id") and not m.get("parent")]
 
     def close(self) -> None:
         self._client.close()
@@ -167,8 +198,9 @@ class ServerBackend(Backend):
                 raise error
         return results
 
-    def _request(self, method: str, path: str, body: dict | None, what: str) -> dict:
-        """One request with retries on transient failures; the decoded JSON answer."""
+    def _request(self, method: str, path: str, body: dict | None, what: str, answer_is_json: bool = True) -> dict:
+        """One request with retries on transient failures; the decoded JSON answer ({} when the
+        answer is not meant to be JSON)."""
         httpx = self._httpx
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
@@ -181,17 +213,21 @@ class ServerBackend(Backend):
                 reason = _one_line(str(exc) or type(exc).__name__)
             else:
                 if response.status_code < 400:
+                    if not answer_is_json:
+                        return {}
                     try:
                         return response.json()
                     except ValueError:
                         raise IpoError(f"{self.base_url}: {what}: the answer is not JSON "
                                        f"({_one_line(response.text)[:120]!r})") from None
                 reason = f"HTTP {response.status_code}: {_detail(response)}"
+                if response.status_code == _NOT_IMPLEMENTED:
+                    raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}")
                 if response.status_code == 401:
                     raise IpoError(f"{self.base_url} refused the API key ({reason}): pass --api-key or set "
                                    f"{' or '.join(KEY_VARIABLES)}")
                 if response.status_code < 500 and response.status_code not in _TRANSIENT:
-                    raise IpoError(f"{self.base_url} refused {what}: {reason}")
+                    raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}")
                 wait = max(wait, _retry_after(response))
             if attempt < attempts:
                 time.sleep(wait)
@@ -258,9 +294,10 @@ def _one_line(text: str) -> str:
 
 
 def spawn_llama_cpp_server(model_path, threads: int = 1, port: int | None = None, alias: str | None = None,
-                           n_ctx: int = 2048, ready_within: float = 180.0, log=None):
+                           n_ctx: int = 2048, ready_within: float = 180.0, log=None, lora=None):
     """Start llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, needs
-    `llama-cpp-python[server]`) on 127.0.0.1 and wait until it answers; returns (process, base_url).
+    `llama-cpp-python[server]`) on 127.0.0.1, with a GGUF LoRA file `lora` applied if given, and
+    wait until it answers; returns (process, base_url).
     For tests, benchmarks and trying this backend without another server; the caller stops it."""
     import socket
     import subprocess
@@ -277,6 +314,8 @@ def spawn_llama_cpp_server(model_path, threads: int = 1, port: int | None = None
                "--n_ctx", str(n_ctx)]
     if alias:
         command += ["--model_alias", alias]
+    if lora:
+        command += ["--lora_path", str(lora)]
     process = subprocess.Popen(command, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + ready_within
