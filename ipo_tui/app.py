@@ -187,10 +187,11 @@ class IpoApp(App):
     # --- loading a model ------------------------------------------------------------------------
 
     def load_engine(self, backend: str, ref, options: dict) -> None:
-        """Load `ref` on `backend` in a worker; the old engine stays in use until the new one is ready."""
+        """Load `ref` on `backend` in a worker; the old engine stays in use until the new one is ready.
+        For the server backend `ref` names the served model (None: the one it lists)."""
         if backend == "auto":
             backend = "llamacpp" if ref.kind == "gguf" else "hf"
-        self._set_engine_state("loading", f"{ref.name} ({backend})")
+        self._set_engine_state("loading", f"{ref.name if ref else 'the served model'} ({backend})")
         self._load_worker(backend, ref, dict(options))
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
@@ -215,6 +216,8 @@ class IpoApp(App):
         except Exception as exc:  # never let a loader's surprise crash the app
             self.post_message(EngineFailed(f"{type(exc).__name__}: {exc}"))
             return
+        if backend == "server":
+            ref = engine.ref  # the model the server said it serves
         with self.engine_lock:  # wait for any scoring in flight on the old engine
             old, owned = self.engine, self._owns_engine
             self.engine, self.judge, self.engine_ref, self._owns_engine = engine, judge, ref, True
@@ -224,7 +227,8 @@ class IpoApp(App):
             except Exception:
                 pass
         try:
-            models.remember(ref)
+            if backend != "server":  # the recent list holds local models
+                models.remember(ref)
         except (OSError, IpoError):
             pass
         self.post_message(EngineLoaded(engine, judge, ref))

@@ -124,6 +124,17 @@ class Store:
             )
         return set_id
 
+    def add_prompt(self, set_name: str, text: str, category: str | None = None, source: str = "added") -> int:
+        """Append one prompt to a set (made if missing); returns its id."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM prompt_sets WHERE name = ?", (set_name,)).fetchone()
+            set_id = row["id"] if row else db.execute(
+                "INSERT INTO prompt_sets (name, source, created_at) VALUES (?, ?, ?)", (set_name, source, now())).lastrowid
+            position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM prompts WHERE set_id = ?",
+                                  (set_id,)).fetchone()[0]
+            return db.execute("INSERT INTO prompts (set_id, position, text, category, meta) VALUES (?, ?, ?, ?, '{}')",
+                              (set_id, position, text, category)).lastrowid
+
     def prompt_sets(self) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT s.*, COUNT(p.id) AS prompts FROM prompt_sets s LEFT JOIN prompts p ON p.set_id = s.id "

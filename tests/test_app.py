@@ -310,6 +310,43 @@ async def test_load_llamacpp_from_the_model_screen(tmp_path):
         app.engine.close()
 
 
+async def test_load_a_server_from_the_model_screen_and_score_through_it(tmp_path):
+    pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
+    from ipo_tui import models
+    from ipo_tui.backends.server import spawn_llama_cpp_server
+
+    with (tmp_path / "server.log").open("wb") as log:
+        process, url = spawn_llama_cpp_server(models.resolve(None).path, threads=1, alias="served-smollm2", log=log)
+    try:
+        app = make_app(tmp_path, None, start="model", autoload=False)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = app.screen
+            await pilot.press("ctrl+b", "ctrl+b")  # hf -> llamacpp -> server
+            screen.query_one("#base-url").value = ""
+            await pilot.press("ctrl+l")
+            await pilot.pause()
+            assert app.engine is None and "give the server's URL" in str(screen.query_one("#status").render())
+            screen.query_one("#base-url").value = url
+            await pilot.pause()
+            assert url in str(screen.query_one("#plan").render())
+            await pilot.press("ctrl+l")
+            await wait_for(pilot, lambda: app.engine is not None, timeout=60)
+            await pilot.pause()
+            loaded = str(screen.query_one("#loaded").render())
+            assert "served-smollm2" in loaded and "server" in loaded and "remote" in loaded
+
+            await pilot.press("f3")
+            await type_into(pilot, "#instruction", "What is 12 + 30?")
+            await type_into(pilot, "#cand-text-1", "42")
+            await type_into(pilot, "#cand-text-2", "I like turtles.")
+            await scored(pilot)
+            first, second = (c.judgement for c in app.screen.cards[:2])
+            assert 0 < first.p_yes < 1 and 0 < second.p_yes < 1 and first.p_yes != second.p_yes
+    finally:
+        process.kill()
+        process.wait()
+
+
 async def test_failed_load_is_shown_not_raised(tmp_path):
     app = make_app(tmp_path, None, start="model", autoload=False)
     async with app.run_test(size=SIZE) as pilot:

@@ -139,3 +139,12 @@ def test_bulk_curation_is_all_or_nothing(store):
     assert {p["status"] for p in store.pairs()} == {"proposed"}
     store.set_pair_status(ids, "accepted")
     assert {p["status"] for p in store.pairs()} == {"accepted"}
+
+
+def test_prompts_added_one_at_a_time_join_one_set(store):
+    first = store.add_prompt("lab", "Name a color.", "chat", source="score lab")
+    second = store.add_prompt("lab", "What is 2 + 2?", "math")
+    rows = store.prompts("lab")
+    assert [(r["id"], r["position"], r["text"], r["category"]) for r in rows] == [
+        (first, 0, "Name a color.", "chat"), (second, 1, "What is 2 + 2?", "math")]
+    assert [(s["name"], s["source"], s["prompts"]) for s in store.prompt_sets()] == [("lab", "score lab", 2)]

@@ -460,30 +460,13 @@ threshold, the model is not answering Yes/No under this template.
         self.notify(f"pair #{pair_id} stored as accepted", title="save pair")
 
 
-def lab_prompt(store, instruction: str, category: str) -> tuple[int, str]:
-    """A new prompt in the lab's prompt set, and the set's name.
-
-    Uses `Store.add_prompt(set_name, text, category)` where the store has it; otherwise each
-    saved instruction gets a set of its own (`lab`, `lab-2`, ...), since the store cannot add a
-    prompt to an existing set."""
-    if hasattr(store, "add_prompt"):
-        return store.add_prompt(LAB_SET, instruction, category), LAB_SET
-    names = {row["name"] for row in store.prompt_sets()}
-    name, n = LAB_SET, 1
-    while name in names:
-        n += 1
-        name = f"{LAB_SET}-{n}"
-    store.add_prompt_set(name, "score lab", [{"text": instruction, "category": category}])
-    return store.prompts(name)[-1]["id"], name
-
-
 def save_pair(store, judge, instruction: str, category: str, scored, best_index: int, worst_index: int,
               margin: float) -> tuple[int, str]:
     """Store every scored candidate, its judgement, and (best, worst) as an accepted pair."""
     from ipo_tui.pipeline import policy_of
 
     judge_id = policy_of(judge.backend).judge_id
-    prompt_id, set_name = lab_prompt(store, instruction, category)
+    prompt_id, set_name = store.add_prompt(LAB_SET, instruction, category, source="score lab"), LAB_SET
     taken: dict[tuple[str, str], set[int]] = {}
     placed: dict[int, tuple[str, str, int]] = {}  # card position -> (model, adapter, sample_index)
     for position, card in scored:
@@ -499,8 +482,6 @@ def save_pair(store, judge, instruction: str, category: str, scored, best_index:
     cid = {position: ids[placed[position]] for position, _ in scored}
     store.add_judgements(judge_id, [(cid[position], card.judgement) for position, card in scored])
     store.propose_pair(prompt_id, judge_id, cid[best_index], cid[worst_index], margin)
-    rows = [r for r in store.pairs(set_name=set_name) if r["judge"] == judge_id
-            and (r["prompt_id"] == prompt_id if "prompt_id" in r.keys() else r["prompt"] == instruction)]
-    pair_id = max(r["id"] for r in rows)
+    [pair_id] = [r["id"] for r in store.pairs(set_name=set_name, judge=judge_id) if r["prompt_id"] == prompt_id]
     store.set_pair_status(pair_id, "accepted")
     return pair_id, set_name

@@ -18,8 +18,12 @@ from textual.widgets import (Button, DirectoryTree, Input, Label, OptionList, Ra
                              Static)
 from textual.widgets.option_list import Option
 
+from ipo_tui.backends.server import URL_VARIABLE
 from ipo_tui.errors import IpoError
+from ipo_tui.models import ModelRef
 from ipo_tui.screens.base import ModeScreen
+
+BACKENDS = ("hf", "llamacpp", "server")
 
 
 class ModelScreen(ModeScreen):
@@ -35,10 +39,13 @@ class ModelScreen(ModeScreen):
 | `enter` on a model | choose it (the embedded default is chosen at start) |
 | type a path + `enter` | a GGUF file or a Hugging Face model folder |
 | `ctrl+o` | browse the disk for a model |
-| `ctrl+b` | switch backend: hf (transformers) / llamacpp (GGUF) |
+| `ctrl+b` | switch backend: hf (transformers) / llamacpp (GGUF) / server (OpenAI-compatible) |
 | `ctrl+l` | load the chosen model on the chosen backend |
 
 *Will use* shows what the backend will pick before loading; *Loaded* shows what it did pick.
+The server backend judges and generates through a running server (vLLM, llama.cpp's server):
+give its URL, and the served model's name when it serves several; the key comes from
+`$IPO_API_KEY` or `$OPENAI_API_KEY`.
 Loading runs in the background: the other screens keep working on the previous model until
 the new one is ready. Models you load are remembered in the recent list.
 """
@@ -61,8 +68,9 @@ the new one is ready. Models you load are remembered in the recent list.
             with Vertical(id="model-right"):
                 yield Label("Backend", classes="field-label")
                 with RadioSet(id="backend"):
-                    yield RadioButton("hf (transformers)", id="backend-hf")
-                    yield RadioButton("llamacpp (GGUF)", id="backend-llamacpp")
+                    yield RadioButton("hf", id="backend-hf")
+                    yield RadioButton("llamacpp", id="backend-llamacpp")
+                    yield RadioButton("server", id="backend-server")
                 with Horizontal(classes="row settings"):
                     with Vertical():
                         yield Label("device")
@@ -80,6 +88,17 @@ the new one is ready. Models you load are remembered in the recent list.
                     with Vertical():
                         yield Label("context")
                         yield Input(placeholder="model's, ≤4096", id="ctx", type="integer")
+                with Horizontal(classes="row settings"):
+                    with Vertical(classes="wide"):
+                        yield Label("server URL")
+                        yield Input(os.environ.get(URL_VARIABLE, ""), placeholder="http://127.0.0.1:8000/v1",
+                                    id="base-url")
+                    with Vertical():
+                        yield Label("served model")
+                        yield Input(placeholder="default", id="served")
+                    with Vertical():
+                        yield Label("requests")
+                        yield Input("4", id="concurrency", type="integer")
                 yield Label("Will use", classes="field-label")
                 yield Static("", id="plan")
                 yield Button("Load (ctrl+l)", id="load", variant="primary")
@@ -87,7 +106,7 @@ the new one is ready. Models you load are remembered in the recent list.
                 yield Static("", id="loaded")
 
     def on_mount(self) -> None:
-        backend = self.app.backend_name if self.app.backend_name in ("hf", "llamacpp") else "hf"
+        backend = self.app.backend_name if self.app.backend_name in BACKENDS else "hf"
         self.query_one(f"#backend-{backend}", RadioButton).value = True
         self._fill_models()
         self._choose_spec(self.app.model_spec)
@@ -166,15 +185,15 @@ the new one is ready. Models you load are remembered in the recent list.
 
     def _backend(self) -> str:
         pressed = self.query_one("#backend", RadioSet).pressed_button
-        return "llamacpp" if pressed is not None and pressed.id == "backend-llamacpp" else "hf"
+        return pressed.id.removeprefix("backend-") if pressed is not None else "hf"
 
     def action_toggle_backend(self) -> None:
-        other = "hf" if self._backend() == "llamacpp" else "llamacpp"
-        self.query_one(f"#backend-{other}", RadioButton).value = True
+        following = BACKENDS[(BACKENDS.index(self._backend()) + 1) % len(BACKENDS)]
+        self.query_one(f"#backend-{following}", RadioButton).value = True
 
     @on(RadioSet.Changed)
     @on(Select.Changed)
-    @on(Input.Changed, "#threads, #ctx")
+    @on(Input.Changed, "#threads, #ctx, #base-url, #served, #concurrency")
     def _settings_changed(self) -> None:
         self._update_plan()
 
@@ -183,6 +202,9 @@ the new one is ready. Models you load are remembered in the recent list.
             value = self.query_one(selector, Input).value.strip()
             return int(value) if value.isdigit() and int(value) > 0 else None
 
+        if self._backend() == "server":
+            return {"base_url": self.query_one("#base-url", Input).value.strip(),
+                    "served": self.query_one("#served", Input).value.strip(), "concurrency": number("#concurrency")}
         options = {"device": self.query_one("#device", Select).value, "threads": number("#threads"),
                    "n_ctx": number("#ctx")}
         if self._backend() == "hf":
@@ -194,8 +216,13 @@ the new one is ready. Models you load are remembered in the recent list.
     def _update_plan(self) -> None:
         if self.ref is None:
             return
-        self.query_one("#dtype", Select).disabled = self._backend() != "hf"
-        self.query_one("#precision", Select).disabled = self._backend() != "llamacpp"
+        backend = self._backend()
+        self.query_one("#dtype", Select).disabled = backend != "hf"
+        self.query_one("#precision", Select).disabled = backend != "llamacpp"
+        for selector in ("#device", "#threads", "#ctx"):
+            self.query_one(selector).disabled = backend == "server"
+        for selector in ("#base-url", "#served", "#concurrency"):
+            self.query_one(selector).disabled = backend != "server"
         self.query_one("#plan", Static).update(plan(self._backend(), self.ref, self.options()))
 
     # --- loading ----------------------------------------------------------------------------------
@@ -205,11 +232,18 @@ the new one is ready. Models you load are remembered in the recent list.
         if self.ref is None:
             self.error("choose a model first", "load")
             return
-        backend = self._backend()
+        backend, options = self._backend(), self.options()
+        if backend == "server":
+            if not options["base_url"]:
+                self.error("give the server's URL, e.g. http://127.0.0.1:8000/v1", "load")
+                return
+            served = options.pop("served")
+            self.app.load_engine(backend, ModelRef("hub", served, served) if served else None, options)
+            return
         if backend == "llamacpp" and self.ref.kind != "gguf":
             self.error(f"llamacpp needs a GGUF file; {self.ref.name} is not one (use hf)", "load")
             return
-        self.app.load_engine(backend, self.ref, self.options())
+        self.app.load_engine(backend, self.ref, options)
 
     def _engine_changed(self) -> None:
         self._fill_models()
@@ -290,7 +324,14 @@ def plan(backend: str, ref, options: dict) -> Text:
     device, threads, ctx = options.get("device") or "auto", options.get("threads"), options.get("n_ctx")
     cores = os.cpu_count() or 1
     lines: list[tuple[str, str]] = []
-    if backend == "hf":
+    if backend == "server":
+        if not options.get("base_url"):
+            return Text("give the server's URL (vLLM, llama.cpp's server, python -m llama_cpp.server)", style="red")
+        lines += [("server", options["base_url"]), ("model", options.get("served") or "the one /v1/models lists"),
+                  ("requests", f"{options.get('concurrency') or 4} in flight at most"),
+                  ("p'yes", "top 20 logprobs of the first answer token")]
+        ctx = None
+    elif backend == "hf":
         cuda = torch_has_cuda()
         if cuda is None:
             return Text("transformers/torch is not installed: use llamacpp", style="red")
@@ -324,7 +365,8 @@ def plan(backend: str, ref, options: dict) -> Text:
         lines += [("device", "gpu offload" if device not in ("auto", "cpu") else "cpu"),
                   ("dtype", f"{name}" + (" (scores from an f32 copy, made once)" if f32 else "")),
                   ("threads", str(threads) if threads else f"{cores} (all cores)")]
-    lines.append(("context", f"{ctx} tokens" if ctx else "the model's, at most 4096"))
+    if backend != "server":
+        lines.append(("context", f"{ctx} tokens" if ctx else "the model's, at most 4096"))
     text = Text()
     for i, (key, value) in enumerate(lines):
         text.append(f"{key:>8} ", style="dim")
