@@ -15,7 +15,7 @@ from ipo_tui.screens.base import ModeScreen
 from ipo_tui.screens.train import runner
 
 STATUS_STYLE = {"running": "yellow", "completed": "green", "failed": "red", "interrupted": "red",
-                "stopped": "cyan", "created": "dim"}
+                "stopped": "cyan", "waiting": "magenta", "created": "dim"}
 REFRESH_S = 2.0
 
 

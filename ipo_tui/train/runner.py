@@ -35,7 +35,7 @@ _children: dict[str, subprocess.Popen] = {}  # processes this one started, reape
 class RunInfo:
     id: str
     kind: str
-    status: str  # created, running, completed, stopped, failed, interrupted
+    status: str  # created, running, completed, stopped, failed, interrupted; a loop also waiting (for a server)
     folder: Path
     config: dict
     created_at: str
