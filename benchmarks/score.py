@@ -1,7 +1,7 @@
 """Candidates scored per second on the embedded model, each backend, against a naive baseline.
 
 64 prompts from rewardbench-dev x 4 candidates (the pair's chosen and rejected, plus those of the
-next pair of the same category). The fast path is `Judge.score` (prefix KV reuse, batching, logits
+next pair of the same category). The fast path is `Judge.score` (prefix KV reuse, packed candidates, logits
 for the last position only). The naive baseline is what the original research code did: one
 candidate at a time, a full forward pass from scratch with logits at every position.
 

@@ -39,15 +39,15 @@ def test_variant_ids_and_probabilities(hf_judge):
     assert len({round(j.p_yes, 6) for j in judgements}) == len(ANSWERS)  # the responses matter
 
 
-@pytest.mark.parametrize("batch", [1, 16])  # CPU scores one suffix at a time; a GPU batches padded rows
+@pytest.mark.parametrize("pack_tokens", [1, 60, 2048])  # one suffix per pass, a few, all twenty
 @pytest.mark.parametrize("question", [QUESTION, "Which city is the capital of France?", QUESTION])
-def test_prefix_cached_batch_equals_full_forward(hf_backend, hf_judge, question, batch, monkeypatch):
+def test_prefix_cached_packed_pass_equals_full_forward(hf_backend, hf_judge, question, pack_tokens, monkeypatch):
     # the second and third runs start from the cache the previous one kept (partly, then wholly shared)
     from ipo_tui.backends import hf
 
-    monkeypatch.setitem(hf.BATCH, "cpu", batch)
+    monkeypatch.setattr(hf, "PACK_TOKENS", pack_tokens)
     template = hf_judge.template_for("chat")
-    tokens = [hf_judge.render(template, question, a)[0] for a in ANSWERS * 5]  # 20 > one batch of 16
+    tokens = [hf_judge.render(template, question, a)[0] for a in ANSWERS * 5]
     prefix, suffixes = split_common_prefix(tokens)
     assert len(prefix) > 20
     ids = hf_judge.yes_ids + hf_judge.no_ids

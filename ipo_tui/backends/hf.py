@@ -1,18 +1,17 @@
 """transformers on CUDA (bf16 where the GPU computes it, else fp16) or CPU (fp32).
 
-Scoring runs the shared prefix once, then the suffixes on copies of its KV cache (one at a time
-on a CPU, which gains nothing from batching but pays for padding; in batches on a GPU). The
-last prefix's cache is kept: the next call evaluates only what its prefix does not share with it
-(the system message and template head across prompts; everything but the edited candidate when
-the same instruction is scored again).
-Suffixes are left-padded *after* the prefix (padding masked out, positions continuing from the
-prefix) so that every row ends at the last column and `logits_to_keep=1` computes one vocabulary
-projection per candidate.
+Scoring packs a prompt's candidates into one sequence: the part of the shared prefix not yet in
+the kept KV cache, then every suffix, with a block mask under which each suffix sees the prefix
+and itself only, and positions that restart after the prefix for each suffix. One forward pass
+then scores them all, with no padding and no copies of the cache, and `logits_to_keep` computes
+one vocabulary projection per candidate (at each suffix's last token). Afterwards the cache is
+cropped back to the prefix and kept: the next call evaluates only what its prefix does not share
+with it (the system message and template head across prompts; everything but the edited
+candidate when the same instruction is scored again).
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef, materialize_gguf
 
 DEFAULT_CTX = 4096
-BATCH = {"cpu": 1, "cuda": 16}  # a CPU is compute-bound at any batch shape, so rows only add padding
+PACK_TOKENS = 2048  # suffix tokens per forward pass at most: the block mask grows with its square
 
 
 class HFBackend(Backend):
@@ -80,60 +79,52 @@ class HFBackend(Backend):
 
     def last_logprobs(self, prefix: list[int], suffixes: list[list[int]], ids: list[int]) -> np.ndarray:
         torch = self._torch
-        out = np.empty((len(suffixes), len(ids)), dtype=np.float32)
         index = torch.tensor(ids, device=self.device)
+        rows = []
         with torch.inference_mode():
-            cache = self._cache_for(prefix) if prefix else None
-            order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))  # less padding per batch
-            batch = BATCH["cpu" if self.device == "cpu" else "cuda"]
-            for start in range(0, len(order), batch):
-                rows = order[start:start + batch]
-                logits = self._last_logits(prefix, [suffixes[i] for i in rows], cache)
-                out[rows] = torch.log_softmax(logits.float(), dim=-1)[:, index].cpu().numpy()
-        return out
+            for pack in _packs(suffixes, PACK_TOKENS):
+                logits = self._packed_last_logits(prefix, pack)
+                rows.append(torch.log_softmax(logits.float(), dim=-1)[:, index].cpu().numpy())
+        return np.concatenate(rows)
 
-    def _cache_for(self, prefix: list[int]):
-        """The KV cache of `prefix`, computed from the kept one where they share a beginning."""
-        kept = self._prefix_ids
-        same = common_length(kept, prefix)
-        if same == len(prefix) == len(kept):
-            return self._prefix_cache
-        cache = None
-        if same and not getattr(self.model.config, "sliding_window", None):  # a window cannot be cropped back
-            cache = copy.deepcopy(self._prefix_cache)
-            cache.crop(same - len(kept))
-            if same == len(prefix):  # the new prefix is a beginning of the kept one
-                self._prefix_ids, self._prefix_cache = list(prefix), cache
-                return cache
-        else:
-            same = 0
-        rest = self._torch.tensor([prefix[same:]], device=self.device)
-        cache = self.model(rest, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
-        self._prefix_ids, self._prefix_cache = list(prefix), cache
-        return cache
-
-    def _last_logits(self, prefix, suffixes, cache):
+    def _packed_last_logits(self, prefix: list[int], suffixes: list[list[int]]):
+        """Next-token logits after prefix + each suffix, from one forward pass (see the module doc)."""
         torch = self._torch
-        n, width, p = len(suffixes), max(len(s) for s in suffixes), len(prefix)
-        input_ids = torch.full((n, width), self._pad, dtype=torch.long)
-        mask = torch.zeros((n, p + width), dtype=torch.long)
-        mask[:, :p] = 1
-        positions = torch.zeros((n, width), dtype=torch.long)
-        for row, suffix in enumerate(suffixes):
-            pad = width - len(suffix)
-            input_ids[row, pad:] = torch.tensor(suffix)
-            mask[row, p + pad:] = 1
-            positions[row, pad:] = torch.arange(p, p + len(suffix))
-        past = None
-        if cache is not None:
-            past = copy.deepcopy(cache)  # the forward pass appends to the cache it is given
-            past.batch_repeat_interleave(n)
+        cache, cached = self._take_cache(prefix)
+        rest = prefix[cached:]
+        ids = rest + [t for suffix in suffixes for t in suffix]
+        width, r, p = len(ids), len(rest), len(prefix)
+        allowed = torch.zeros((width, cached + width), dtype=torch.bool)
+        allowed[:, :cached] = True
+        allowed[:r, cached:cached + r] = torch.ones(r, r, dtype=torch.bool).tril()
+        positions, last, at = list(range(cached, p)), [], r
+        for suffix in suffixes:
+            n = len(suffix)
+            allowed[at:at + n, cached:cached + r] = True
+            allowed[at:at + n, cached + at:cached + at + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            positions += range(p, p + n)
+            at += n
+            last.append(at - 1)
         result = self.model(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device), past_key_values=past, use_cache=past is not None,
-            logits_to_keep=1,
+            input_ids=torch.tensor([ids], device=self.device), attention_mask=allowed[None, None].to(self.device),
+            position_ids=torch.tensor([positions], device=self.device), past_key_values=cache, use_cache=True,
+            logits_to_keep=torch.tensor(last, device=self.device),
         )
-        return result.logits[:, -1, :]
+        if not getattr(self.model.config, "sliding_window", None):  # a window's cache cannot be cropped back
+            cache = result.past_key_values
+            _crop(cache, p)
+            self._prefix_ids, self._prefix_cache = list(prefix), cache
+        return result.logits[0]
+
+    def _take_cache(self, prefix: list[int]):
+        """The kept cache cropped to what it shares with `prefix`, and that length; (None, 0) when
+        nothing is shared. The kept cache is given away: the forward pass appends to it."""
+        cache, same = self._prefix_cache, common_length(self._prefix_ids, prefix)
+        self._prefix_ids, self._prefix_cache = [], None  # until the pass succeeds and keeps its own
+        if cache is None or same == 0:
+            return None, 0
+        _crop(cache, same)
+        return cache, same
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
         torch = self._torch
@@ -152,6 +143,26 @@ class HFBackend(Backend):
         del self.model
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+def _crop(cache, length: int) -> None:
+    """Keep the first `length` tokens of `cache` (transformers takes the number to drop)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _packs(suffixes: list[list[int]], limit: int):
+    """Consecutive groups of suffixes of at most `limit` tokens in all (a longer suffix alone)."""
+    pack, size = [], 0
+    for suffix in suffixes:
+        if pack and size + len(suffix) > limit:
+            yield pack
+            pack, size = [], 0
+        pack.append(suffix)
+        size += len(suffix)
+    if pack:
+        yield pack
 
 
 def _with_adapter(model, adapter: str):
