@@ -1,5 +1,6 @@
 """Generation tokens per second on the embedded model: the llamacpp backend against llama-cpp-python's
-own `create_completion` on the same GGUF, and hf batched generation against hf at batch 1.
+own `create_completion` on the same GGUF, and hf batched generation (as `ipo generate` runs it:
+several prompts' samples in one batch of `generate_rows`) against hf at batch 1.
 
     python benchmarks/generate.py [--prompts 8] [--n 4] [--max-tokens 64]
 
@@ -72,7 +73,16 @@ def main() -> None:
     llama.close()
 
     hf = backends.load("hf", ref, device="cpu")
-    result["hf_batched_tok_s"] = run(f"hf backend, batch {args.n}", backend_generate(hf, args.n, 1), count)
+    per_call = max(1, hf.generate_rows // args.n)
+
+    def batched():
+        sampling = Sampling(n=args.n, max_tokens=args.max_tokens, temperature=0.8, top_p=0.95)
+        return [t for start in range(0, len(prompts), per_call)
+                for texts in hf.generate_many([([{"role": "user", "content": p}], sampling)
+                                               for p in prompts[start:start + per_call]])
+                for t in texts]
+
+    result["hf_batched_tok_s"] = run(f"hf backend, {per_call} prompts x {args.n} a batch", batched, count)
     result["hf_batch1_tok_s"] = run("hf backend, batch 1", backend_generate(hf, 1, args.n), count)
     hf.close()
 

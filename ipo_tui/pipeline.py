@@ -1,7 +1,7 @@
 """generate -> judge -> pair for a prompt set, resumable: each step does only what is missing.
 
 Each prompt's samples, judgements and pair are written in one transaction, so a kill loses at
-most the prompt in flight, and a rerun picks up where the last one stopped. A prompt whose work
+most the prompts in flight, and a rerun picks up where the last one stopped. A prompt whose work
 fails (an IpoError: a server that stopped answering, a prompt it refuses) is skipped and reported
 at the end, after the others are done and stored; three failures in a row stop the run.
 """
@@ -47,16 +47,19 @@ class PartialRun(IpoError):
                          f"{prompt['position'] + 1} ({text[:40] + '...' if len(text) > 40 else text!r}): {why}")
 
 
-def _each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[dict], int]) -> int:
-    """Sum of work(prompt) over the prompts (how many `noun` it stored); a failing prompt is skipped
-    and reported at the end."""
-    done, failed, in_a_row = 0, [], 0
-    for count, prompt in enumerate(prompts, 1):
+def _each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[list], int],
+                 per_call: int = 1) -> int:
+    """Sum of work(chunk) over consecutive chunks of `per_call` prompts (how many `noun` it stored);
+    a failing chunk's prompts are skipped and reported at the end."""
+    done, failed, in_a_row, prompts = 0, [], 0, list(prompts)
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start:start + per_call]
+        count = start + len(chunk)
         try:
-            done += work(prompt)
+            done += work(chunk)
             in_a_row = 0
         except IpoError as exc:
-            failed.append((prompt, str(exc)))
+            failed += [(prompt, str(exc)) for prompt in chunk]
             in_a_row += 1
             if in_a_row >= FAILURES_IN_A_ROW:
                 raise PartialRun(step, f"{done} new {noun}", failed, len(prompts), stopped=True) from exc
@@ -68,20 +71,28 @@ def _each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callab
 
 def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sampling: Sampling,
              progress: Progress = lambda done, total: None) -> int:
-    """Sample until every prompt has `n` candidates from `policy`; returns how many were added."""
-    def one(prompt) -> int:
-        missing = sorted(set(range(n)) - store.sample_indices(prompt["id"], policy.model, policy.adapter))
-        if not missing:
+    """Sample until every prompt has `n` candidates from `policy`; returns how many were added.
+    Prompts go to the backend as many at a time as its batch holds (`generate_rows`)."""
+    def some(chunk) -> int:
+        todo = []
+        for prompt in chunk:
+            missing = sorted(set(range(n)) - store.sample_indices(prompt["id"], policy.model, policy.adapter))
+            if missing:
+                # the seed depends on the prompt and sample only: engines that seed each sample
+                # (llama.cpp, servers) sample the same texts when a run resumes
+                todo.append((prompt, missing, sampling.seed + 1009 * prompt["position"] + missing[0]))
+        if not todo:
             return 0
-        # the seed depends on the prompt and sample only, so a resumed run samples the same texts
-        seed = sampling.seed + 1009 * prompt["position"] + missing[0]
-        texts = backend.generate([{"role": "user", "content": prompt["text"]}],
-                                 Sampling(len(missing), sampling.temperature, sampling.top_p, sampling.max_tokens, seed))
-        store.add_candidates(prompt["id"], policy.model, policy.adapter, _settings(sampling),
-                             [(index, seed + i, text) for i, (index, text) in enumerate(zip(missing, texts))])
-        return len(missing)
+        results = backend.generate_many([
+            ([{"role": "user", "content": prompt["text"]}],
+             Sampling(len(missing), sampling.temperature, sampling.top_p, sampling.max_tokens, seed))
+            for prompt, missing, seed in todo])
+        for (prompt, missing, seed), texts in zip(todo, results):
+            store.add_candidates(prompt["id"], policy.model, policy.adapter, _settings(sampling),
+                                 [(index, seed + i, text) for i, (index, text) in enumerate(zip(missing, texts))])
+        return sum(len(missing) for _, missing, _ in todo)
 
-    return _each_prompt("generate", "candidates", prompts, progress, one)
+    return _each_prompt("generate", "candidates", prompts, progress, some, max(1, backend.generate_rows // n))
 
 
 def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
@@ -102,7 +113,7 @@ def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | N
         store.add_judgements(judge_id, scored)
         return len(scored)
 
-    return _each_prompt("judge", "judgements", prompts, progress, one)
+    return _each_prompt("judge", "judgements", prompts, progress, lambda chunk: sum(map(one, chunk)))
 
 
 @dataclass

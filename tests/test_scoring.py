@@ -137,6 +137,16 @@ def test_generation_is_seeded(request, backend_fixture):
     assert backend.generate(messages, settings) == first
 
 
+def test_prompts_batched_together_generate_what_they_generate_alone(hf_backend):
+    # left padding, its mask and the positions after it must leave each prompt's text unchanged
+    greedy = Sampling(n=1, temperature=0.0, max_tokens=16)
+    conversations = [[{"role": "user", "content": text}] for text in
+                     ("Name a fruit.", "Explain in one sentence why the sky is blue during the day.")]
+    alone = [hf_backend.generate(messages, greedy) for messages in conversations]
+    together = hf_backend.generate_many([(messages, greedy) for messages in conversations])
+    assert together == alone and all(texts[0].strip() for texts in alone)
+
+
 def test_config_chooses_template_per_category(hf_backend):
     judge = Judge(hf_backend, {"judge": {"category_templates": {"chat": "generic"}}})
     [j] = judge.score(QUESTION, [ANSWERS[0]])

@@ -59,6 +59,13 @@ class Backend(ABC):
     def generate(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
         """`sampling.n` completions of the assistant's turn."""
 
+    generate_rows = 1  # samples worth putting in one generate_many call; an engine that batches raises it
+
+    def generate_many(self, requests: list[tuple[list[dict[str, str]], Sampling]]) -> list[list[str]]:
+        """`generate` for several conversations (sharing temperature, top_p and max_tokens); an
+        engine that batches across prompts does them at once."""
+        return [self.generate(messages, sampling) for messages, sampling in requests]
+
     def close(self) -> None:
         """Free the engine's memory; the backend is unusable afterwards."""
 

@@ -21,6 +21,7 @@ from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef, materialize_gguf
 
 DEFAULT_CTX = 4096
+GENERATE_ROWS = {"cpu": 16, "cuda": 64}  # CPU, embedded model: 14 tokens/s at 1 row, 28 at 4, 79 at 16
 PACK_TOKENS = 2048  # suffix tokens per forward pass at most: the block mask grows with its square
 
 
@@ -57,6 +58,7 @@ class HFBackend(Backend):
             self.model, self.adapter = _with_adapter(self.model, adapter), str(Path(adapter).resolve())
         self.ref = model
         self.device = device
+        self.generate_rows = GENERATE_ROWS["cpu" if device == "cpu" else "cuda"]
         trained_ctx = getattr(self.model.config, "max_position_embeddings", None) or DEFAULT_CTX
         self.capabilities = Capabilities(
             backend="hf", device=device, dtype=_short(torch_dtype), threads=torch.get_num_threads(),
@@ -127,17 +129,36 @@ class HFBackend(Backend):
         return cache, same
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
+        return self.generate_many([(messages, sampling)])[0]
+
+    def generate_many(self, requests: list[tuple[list[dict[str, str]], Sampling]]) -> list[list[str]]:
+        """Every request's samples as the rows of one batch (prompts left-padded), seeded with the
+        first request's seed. A decoding step costs about the same for 1 row as for several
+        (the weights are read once per step), so rows are nearly free up to `generate_rows`."""
         torch = self._torch
-        prompt = torch.tensor([self.tokenize(self.render_chat(messages))], device=self.device)
-        torch.manual_seed(sampling.seed)
-        sample = sampling.temperature > 0
+        first = requests[0][1]
+        prompts = [self.tokenize(self.render_chat(messages)) for messages, _ in requests]
+        rows = [ids for ids, (_, sampling) in zip(prompts, requests) for _ in range(sampling.n)]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+        torch.manual_seed(first.seed)
+        sample = first.temperature > 0
         with torch.inference_mode():
             output = self.model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), do_sample=sample,
-                temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
-                max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n, pad_token_id=self._pad,
+                input_ids.to(self.device), attention_mask=mask.to(self.device), do_sample=sample,
+                temperature=first.temperature if sample else None, top_p=first.top_p if sample else None,
+                max_new_tokens=first.max_tokens, pad_token_id=self._pad,
             )
-        return self.tokenizer.batch_decode(output[:, prompt.shape[1]:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        result, at = [], 0
+        for _, sampling in requests:
+            result.append(texts[at:at + sampling.n])
+            at += sampling.n
+        return result
 
     def close(self) -> None:
         del self.model
