@@ -239,6 +239,13 @@ def test_vllm_gets_the_adapter_at_runtime(scripted, tmp_path):
     serving.hand_off(server, 1, run, models.resolve(None), on_event=lambda m: None)
     assert server["served"]["1"] == "loop-001-iter1" and len(_Script.adapters) == 1
 
+    # an adapter the server refuses is an error, not a server without runtime loading
+    run.id, server["served"] = "loop-001-iter2", {"0": "scripted", "1": "loop-001-iter1"}
+    _Script.failures = [(404, ())]
+    with pytest.raises(IpoError, match=r"refused loading adapter 'loop-001-iter2' .* HTTP 404: scripted 404"):
+        serving.hand_off(server, 2, run, models.resolve(None), on_event=lambda m: None)
+    assert not (run.folder / serving.SERVE_FOLDER).exists()
+
 
 def test_an_unreachable_server_is_one_line():
     url = f"http://127.0.0.1:{_free_port()}"
@@ -317,6 +324,10 @@ class _Script(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         cls = type(self)
         if self.path == "/v1/load_lora_adapter":
+            if cls.failures:  # vLLM's answer to an adapter it cannot load
+                status, _ = cls.failures.pop(0)
+                self._send(status, {"error": {"message": f"scripted {status}"}})
+                return
             cls.adapters.append(body)
             text = f"Success: LoRA adapter '{body['lora_name']}' added successfully.".encode()
             self.send_response(200)

@@ -112,7 +112,8 @@ class HFBackend(Backend):
             position_ids=torch.tensor([positions], device=self.device), past_key_values=cache, use_cache=True,
             logits_to_keep=torch.tensor(last, device=self.device),
         )
-        if not getattr(self.model.config, "sliding_window", None):  # a window's cache cannot be cropped back
+        config = self.model.config  # a sliding window's cache cannot be cropped back (Qwen2 names one it does not use)
+        if not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)):
             cache = result.past_key_values
             _crop(cache, p)
             self._prefix_ids, self._prefix_cache = list(prefix), cache

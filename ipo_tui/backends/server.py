@@ -29,15 +29,14 @@ URL_VARIABLE = "IPO_BASE_URL"
 TOP_LOGPROBS = 20  # what OpenAI and vLLM (max_logprobs) allow by default
 _TRANSIENT = {408, 409, 425, 429}  # and every 5xx
 _NOT_IMPLEMENTED = 501  # a 5xx that retrying will not change
-_NO_ENDPOINT = {404, 405, _NOT_IMPLEMENTED}
 
 
 class Refused(IpoError):
     """The server answered a request with a final (non-transient) error status."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, detail: str):
         super().__init__(message)
-        self.status = status
+        self.status, self.detail = status, detail
 
 
 class ServerBackend(Backend):
@@ -134,15 +133,11 @@ class ServerBackend(Backend):
             self._request("POST", "/load_lora_adapter", {"lora_name": name, "lora_path": folder},
                           f"loading adapter {name!r} from {folder}", answer_is_json=False)  # vLLM answers in text
         except Refused as exc:
-            if exc.status in _NO_ENDPOINT:
+            # no such route (a bare 404 "Not Found", as every web framework answers), not a refused adapter
+            if exc.status in (405, _NOT_IMPLEMENTED) or (exc.status == 404 and exc.detail == "Not Found"):
                 return False
             raise
         return True
-
-    def served_models(self) -> list[str]:
-        """The base models the server lists (adapters it serves on top of one are left out)."""
-        listed = self._request("GET", "/models", None, "listing the served models").get("data") or []
-        return [str(m["id"]) for m in listed if m.get("id") and not m.get("parent")]
 
     def close(self) -> None:
         self._client.close()
@@ -220,14 +215,15 @@ class ServerBackend(Backend):
                     except ValueError:
                         raise IpoError(f"{self.base_url}: {what}: the answer is not JSON "
                                        f"({_one_line(response.text)[:120]!r})") from None
-                reason = f"HTTP {response.status_code}: {_detail(response)}"
+                detail = _detail(response)
+                reason = f"HTTP {response.status_code}: {detail}"
                 if response.status_code == _NOT_IMPLEMENTED:
-                    raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}")
+                    raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}", detail)
                 if response.status_code == 401:
                     raise IpoError(f"{self.base_url} refused the API key ({reason}): pass --api-key or set "
                                    f"{' or '.join(KEY_VARIABLES)}")
                 if response.status_code < 500 and response.status_code not in _TRANSIENT:
-                    raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}")
+                    raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}", detail)
                 wait = max(wait, _retry_after(response))
             if attempt < attempts:
                 time.sleep(wait)
