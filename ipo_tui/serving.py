@@ -39,8 +39,8 @@ def hand_off(server: dict, k: int, run, base: ModelRef, on_event=print) -> None:
     server["served"]; raises ServeNeeded when the user has to serve it."""
     served, key, previous = server["served"], str(k), server["served"][str(k - 1)]
     if key in served:  # named with --served-model (or handed over before): check it is served
-        connect(server, served[key]).close()
-        return
+        with connect(server, served[key]):
+            return
     to_serve = run.folder / SERVE_FOLDER
     if not to_serve.exists():
         with connect(server, previous) as engine:

@@ -217,12 +217,11 @@ class ServerBackend(Backend):
                                        f"({_one_line(response.text)[:120]!r})") from None
                 detail = _detail(response)
                 reason = f"HTTP {response.status_code}: {detail}"
-                if response.status_code == _NOT_IMPLEMENTED:
-                    raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}", detail)
                 if response.status_code == 401:
-                    raise IpoError(f"{self.base_url} refused the API key ({reason}): pass --api-key or set "
+                    raise IpoError(f"{self.base_url} refused the API key ({reason}): set "
                                    f"{' or '.join(KEY_VARIABLES)}")
-                if response.status_code < 500 and response.status_code not in _TRANSIENT:
+                final = response.status_code < 500 or response.status_code == _NOT_IMPLEMENTED
+                if final and response.status_code not in _TRANSIENT:
                     raise Refused(response.status_code, f"{self.base_url} refused {what}: {reason}", detail)
                 wait = max(wait, _retry_after(response))
             if attempt < attempts:
