@@ -41,7 +41,7 @@ LimitOpt = typer.Option(None, "--limit", help="Only the first N prompts of the s
 BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server that returns logprobs (vLLM, llama.cpp's server), e.g. http://127.0.0.1:8000/v1; implies --backend server. Key: $IPO_API_KEY or $OPENAI_API_KEY.")
 ConcurrencyOpt = typer.Option(4, "--concurrency", help="server: requests in flight at most.")
 AdapterOpt = typer.Option(None, "--adapter", help="A trained LoRA adapter folder (e.g. runs/dpo-001/adapter) on top of the model.")
-PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for files up to 400 MB).")
+PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for quantized models up to 400M parameters).")
 
 
 def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
@@ -82,7 +82,12 @@ def open_judge(backend: str, model: str | None, device=None, dtype=None, ctx=Non
 
 
 @app.callback(invoke_without_command=True)
-def _default(ctx: typer.Context) -> None:
+def _default(ctx: typer.Context, verbose: bool = typer.Option(
+        False, "--verbose", help="Let llama.cpp's and transformers' own logs through (they are kept quiet otherwise).")) -> None:
+    from ipo_tui import verbosity
+
+    if verbose:
+        verbosity.set_verbose(True)
     if ctx.invoked_subcommand is None:
         tui(model=None, backend="auto", workspace=None, start="lab")
 

@@ -19,13 +19,15 @@ SetOpt = typer.Option(None, "--set", help="One setting, KEY=VALUE (repeatable), 
 LauncherOpt = typer.Option("local", "--launcher", help="local (one process) or accelerate (`accelerate launch`, several GPUs or CPU processes).")
 ProcessesOpt = typer.Option(None, "--processes", help="With --launcher accelerate: processes, one per GPU (default: every GPU; 2 on a CPU).")
 StrategyOpt = typer.Option("ddp", "--strategy", help="With --launcher accelerate: ddp, fsdp or deepspeed (ZeRO-2, where installed).")
+TrainDtypeOpt = typer.Option(None, "--dtype", help="Training precision: auto (bf16 where the CPU or GPU computes it natively, else fp32), fp32, bf16 or fp16; over the config's dtype.")
 DetachOpt = typer.Option(False, "--detach", "-d", help="Start the run and return; follow it in the app or with `ipo runs`.")
 
 
-def overrides(pairs: list[str] | None) -> dict:
+def overrides(pairs: list[str] | None, dtype: str | None = None) -> dict:
+    """--set KEY=VALUE items (and --dtype) as training settings."""
     import yaml
 
-    result = {}
+    result = {"dtype": dtype} if dtype else {}
     for item in pairs or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -72,12 +74,13 @@ def report(run) -> None:
         raise IpoError(f"{run.id} {run.status}: {reason} ({run.folder / 'train.log'}); `ipo train resume {run.id}` retries")
 
 
-def launch(kind: str, data: str, model, config, set_, detach: bool, workspace, launcher: str, processes, strategy: str) -> None:
+def launch(kind: str, data: str, model, config, set_, dtype, detach: bool, workspace, launcher: str, processes,
+           strategy: str) -> None:
     from ipo_tui.train import runner
 
     store = open_store(workspace)
     with err.status("preparing the run") as status:
-        run = runner.prepare(kind, data, model, store, overrides(set_), config, launcher=launcher, processes=processes,
+        run = runner.prepare(kind, data, model, store, overrides(set_, dtype), config, launcher=launcher, processes=processes,
                              strategy=strategy,
                              on_status=status.update)
     run = runner.launch(run, store)
@@ -92,22 +95,22 @@ def launch(kind: str, data: str, model, config, set_, detach: bool, workspace, l
 def train_dpo(
     pairs: str = typer.Option("accepted", "--pairs", help="A TRL pair file, or workspace pairs by status: accepted, accepted,edited, accepted@SET."),
     model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-    detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt, launcher: str = LauncherOpt,
-    processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
+    dtype: Optional[str] = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
+    launcher: str = LauncherOpt, processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
 ) -> None:
     """Train a LoRA adapter with DPO on chosen/rejected pairs."""
-    launch("dpo", pairs, model, config, set_, detach, workspace, launcher, processes, strategy)
+    launch("dpo", pairs, model, config, set_, dtype, detach, workspace, launcher, processes, strategy)
 
 
 @train_app.command("sft")
 def train_sft(
     data: str = typer.Option(..., "--data", help="JSONL/JSON/CSV/Parquet with prompt and response (or completion) fields."),
     model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-    detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt, launcher: str = LauncherOpt,
-    processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
+    dtype: Optional[str] = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
+    launcher: str = LauncherOpt, processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
 ) -> None:
     """Supervised fine-tuning of a LoRA adapter (the optional first stage)."""
-    launch("sft", data, model, config, set_, detach, workspace, launcher, processes, strategy)
+    launch("sft", data, model, config, set_, dtype, detach, workspace, launcher, processes, strategy)
 
 
 @train_app.command("resume")
@@ -187,7 +190,7 @@ def loop(
     base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
     served_model: Optional[str] = typer.Option(None, "--served-model", help="server: the served model of the policy the loop needs (default: the one the server lists)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="The model to train: a GGUF file, an HF folder or id (default: the embedded SmolLM2-135M-Instruct). With a server, the local copy of the weights it serves."),
-    config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+    config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, dtype: Optional[str] = TrainDtypeOpt,
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
     """Iterate: sample and judge with policy k, build pairs, train adapter k+1 (LoRA-DPO).
@@ -208,7 +211,7 @@ def loop(
             raise IpoError(f"--base-url goes with --backend server, not {backend}")
         resume_id = loops.start(store, prompts, iterations, n, backend, model,
                                 _sampling(n, temperature, top_p, max_tokens, seed), min_margin, holdout,
-                                overrides(set_), config, eval_file, eval_limit, limit, threads,
+                                overrides(set_, dtype), config, eval_file, eval_limit, limit, threads,
                                 {**moved, "concurrency": concurrency})
         moved = {}
         out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipo_tui import config
+from ipo_tui import config, verbosity
 from ipo_tui.errors import IpoError
 
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -182,11 +183,21 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 def gguf_metadata(path: Path) -> dict:
     """The scalar and string metadata of a GGUF file, read from its header alone (arrays such as
     the vocabulary are skipped; gguf.GGUFReader parses every tensor and takes seconds)."""
+    return _read_header(path, tensors=False)[0]
+
+
+def gguf_parameter_count(path: Path) -> int:
+    """How many weights the GGUF file holds, from its tensor table."""
+    return sum(_read_header(path, tensors=True)[1])
+
+
+def _read_header(path: Path, tensors: bool) -> tuple[dict, list[int]]:
+    """(metadata, element count of each tensor if `tensors`)."""
     with open(path, "rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             raise IpoError(f"{path} is not a GGUF file")
         try:
-            _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
+            _version, n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
             meta = {}
             for _ in range(n_kv):
                 key = _read_str(fh)
@@ -197,9 +208,16 @@ def gguf_metadata(path: Path) -> dict:
                         _read_value(fh, item)
                 else:
                     meta[key] = _read_value(fh, kind)
+            sizes = []
+            for _ in range(n_tensors if tensors else 0):  # name, dimensions, shape, type, offset
+                _read_str(fh)
+                (n_dims,) = struct.unpack("<I", fh.read(4))
+                shape = struct.unpack(f"<{n_dims}Q", fh.read(8 * n_dims))
+                fh.read(12)
+                sizes.append(math.prod(shape))
         except struct.error:
             raise IpoError(f"{path} ends inside its GGUF header: the file is truncated or damaged") from None
-        return meta
+        return meta, sizes
 
 
 def _read_str(fh) -> str:
@@ -230,9 +248,8 @@ def materialize_gguf(path: Path, on_status=lambda msg: None) -> Path:
     on_status(f"converting {path.name} to a checkpoint in {folder} (once)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    verbosity.quiet_transformers()
 
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

@@ -78,8 +78,8 @@ def _how(base: ModelRef, folder: Path) -> str:
     if base.kind == "gguf":
         lora = folder / "adapter.gguf"
         return (f"serve {base.path} with the LoRA {lora} under a new name (llama.cpp: llama-server -m BASE --lora "
-                "LORA --alias NAME; llama-cpp-python: python -m llama_cpp.server --model BASE --lora_path LORA "
-                "--model_alias NAME)")
+                "LORA --alias NAME, with --no-repack on an AMX CPU; llama-cpp-python: python -m "
+                "ipo_tui.backends.llama_server --model BASE --lora_path LORA --model_alias NAME)")
     return (f"serve the merged checkpoint {folder / 'merged'} under a new name (vllm serve DIR --served-model-name "
             "NAME), or run vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True to hand adapters over "
             "without stopping")

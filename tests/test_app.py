@@ -87,7 +87,7 @@ async def test_keypress_handled_within_100ms_while_scoring(tmp_path, hf_backend)
     idle (up to a second per key while a worker computes), so its return is not the measure; a
     coroutine polling for the new editor is reported too (it adds its own wake-up delays)."""
     app = make_app(tmp_path, hf_backend)
-    long_answer = " ".join(["The answer is forty-two, because twelve plus thirty makes forty-two."] * 6)
+    long_answer = " ".join(["The answer is forty-two, because twelve plus thirty makes forty-two."] * 24)
     async with app.run_test(size=SIZE) as pilot:
         screen = lab(app)
         await type_into(pilot, "#instruction", "What is 12 + 30? Explain.")

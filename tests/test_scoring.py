@@ -93,19 +93,25 @@ def test_backends_agree_on_own_examples(hf_judge, llama_backend):
         messages = template.messages(QUESTION, answer)
         assert llama_backend.tokenize(llama_backend.render_chat(messages)) == hf_judge.render(template, QUESTION, answer)[0]
     hf, llama = _agreement(hf_judge, llama_backend, QUESTION, ANSWERS)
-    assert np.abs(hf - llama).max() < 0.02
+    assert np.abs(hf - llama).max() < 0.005
 
 
-def test_backends_agree_on_rewardbench_pairs(hf_judge, llama_backend):
+def test_one_text_one_score_on_rewardbench_pairs(hf_judge, llama_judge):
+    # each backend renders and tokenizes the text itself: the GGUF's vocabulary on both
     rows = [json.loads(line) for line in shared_file("rewardbench-dev.jsonl").open()]
     rows = [r for r in rows if len(r["prompt"] + r["chosen"] + r["rejected"]) < 1500]  # keeps CI quick
     sample = rows[:: len(rows) // 24][:24]  # spread over every subset
     assert len({r["category"] for r in sample}) == 4
     gaps = []
     for row in sample:
-        hf, llama = _agreement(hf_judge, llama_backend, row["prompt"], [row["chosen"], row["rejected"]], row["category"].replace("chat-hard", "chat"))
-        gaps.extend(np.abs(hf - llama))
-    assert len(gaps) >= 40 and max(gaps) < 0.02, f"largest p'yes gap {max(gaps):.4f}"
+        category = row["category"].replace("chat-hard", "chat")
+        template = hf_judge.template_for(category)
+        for response in (row["chosen"], row["rejected"]):
+            assert hf_judge.render(template, row["prompt"], response) == llama_judge.render(template, row["prompt"], response)
+        hf = hf_judge.score(row["prompt"], [row["chosen"], row["rejected"]], category)
+        llama = llama_judge.score(row["prompt"], [row["chosen"], row["rejected"]], category)
+        gaps.extend(abs(a.p_yes - b.p_yes) for a, b in zip(hf, llama))
+    assert len(gaps) == 48 and max(gaps) < 0.005, f"largest p'yes gap {max(gaps):.4f}"
 
 
 def test_long_prompt_is_cut_keeping_question_and_answer_end():

@@ -15,7 +15,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the server backend needs httpx: pip install httpx")
 
 from ipo_tui import backends, models, pipeline
-from ipo_tui.backends import Sampling
+from ipo_tui.backends import Sampling, llama_runtime
 from ipo_tui.backends.server import api_root, spawn_llama_cpp_server
 from ipo_tui.errors import IpoError
 from ipo_tui.judge import Judge, from_top_logprobs
@@ -49,9 +49,12 @@ def serve(tmp_path):
     started = []
 
     def start(path, alias=ALIAS, lora=None):
-        log = logs.enter_context((tmp_path / f"server-{len(started)}.log").open("wb"))
+        log_path = tmp_path / f"server-{len(started)}.log"
+        log = logs.enter_context(log_path.open("wb"))
         process, url = spawn_llama_cpp_server(path, threads=1, alias=alias, log=log, lora=lora)
         started.append(process)
+        repacking = llama_runtime.repack_note()  # the server process decided as this one does
+        assert f"ipo: llama.cpp weight repacking {repacking}" in log_path.read_text(errors="replace")
         return process, url
 
     with contextlib.ExitStack() as logs:

@@ -82,6 +82,30 @@ def test_training_learns(store, pair_file, tiny_model):
         assert key in metrics[-1]
     assert (run.adapter / "adapter_model.safetensors").exists()
     assert (run.folder / "config.yaml").exists() and run.config["settings"]["learning_rate"] == 5e-3
+    from ipo_tui import hardware
+
+    assert run.config["precision"] == dict(zip(("dtype", "why"), hardware.training_dtype(None, False, False)))
+
+
+def test_dtype_override_is_recorded(store, pair_file, tiny_model):
+    run = runner.prepare("dpo", pair_file, tiny_model, store, {"dtype": "fp32"})
+    assert run.config["precision"] == {"dtype": "fp32", "why": "asked for with --dtype"}
+    with pytest.raises(IpoError, match="dtype must be one of auto, fp32, bf16, fp16"):
+        runner.prepare("dpo", pair_file, tiny_model, store, {"dtype": "fp8"})
+
+
+def test_dpo_on_cpu_projects_only_completion_tokens():
+    # the switch ipo turns is TRL's own device check, and it still decides what its fused head projects
+    import inspect
+
+    import torch
+    from trl.trainer import utils
+
+    from ipo_tui.train import trainer
+
+    assert "compact = _use_triton(hidden_states.device)" in inspect.getsource(utils.add_fused_lm_head)
+    trainer._score_completions_only()
+    assert utils._use_triton(torch.device("cpu"))
 
 
 def test_stop_then_kill_then_resume(store, pair_file, tiny_model):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ipo_tui import verbosity
 from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, plain_chat
 from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef, materialize_gguf
@@ -31,10 +32,8 @@ class HFBackend(Backend):
                  on_status=lambda msg: None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-
+        verbosity.quiet_transformers()
         self._torch = torch
         device = device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -56,6 +55,11 @@ class HFBackend(Backend):
             raise IpoError(f"could not load {model.location}: {first}") from None
         if adapter:
             self.model, self.adapter = _with_adapter(self.model, adapter), str(Path(adapter).resolve())
+        self._gguf_text = None
+        if model.kind == "gguf":  # the GGUF's own vocabulary, so that llamacpp sees the same tokens
+            from ipo_tui.backends.gguf_text import GGUFText
+
+            self._gguf_text = GGUFText.open(model.path)
         self.ref = model
         self.device = device
         self.generate_rows = GENERATE_ROWS["cpu" if device == "cpu" else "cuda"]
@@ -69,14 +73,20 @@ class HFBackend(Backend):
         self._prefix_cache = None
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
+        if self._gguf_text:
+            return self._gguf_text.render_chat(messages)
         if not self.tokenizer.chat_template:
             return plain_chat(messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, text: str) -> list[int]:
+        if self._gguf_text:
+            return self._gguf_text.tokenize(text)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def detokenize(self, ids: list[int]) -> str:
+        if self._gguf_text:
+            return self._gguf_text.detokenize(ids)
         return self.tokenizer.decode(ids)
 
     def last_logprobs(self, prefix: list[int], suffixes: list[list[int]], ids: list[int]) -> np.ndarray:
@@ -109,12 +119,12 @@ class HFBackend(Backend):
             last.append(at - 1)
         result = self.model(
             input_ids=torch.tensor([ids], device=self.device), attention_mask=allowed[None, None].to(self.device),
-            position_ids=torch.tensor([positions], device=self.device), past_key_values=cache, use_cache=True,
+            position_ids=torch.tensor([positions], device=self.device), cache=cache, use_cache=True,
             logits_to_keep=torch.tensor(last, device=self.device),
         )
         config = self.model.config  # a sliding window's cache cannot be cropped back (Qwen2 names one it does not use)
         if not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)):
-            cache = result.past_key_values
+            cache = result.cache
             _crop(cache, p)
             self._prefix_ids, self._prefix_cache = list(prefix), cache
         return result.logits[0]
@@ -154,14 +164,24 @@ class HFBackend(Backend):
                 temperature=first.temperature if sample else None, top_p=first.top_p if sample else None,
                 max_new_tokens=first.max_tokens, pad_token_id=self._pad,
             )
-        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        stops = {self._pad, *_ids(self.model.generation_config.eos_token_id)}
+        texts = [self._decode_answer(row.tolist(), stops) for row in output[:, width:]]
         result, at = [], 0
         for _, sampling in requests:
             result.append(texts[at:at + sampling.n])
             at += sampling.n
         return result
 
+    def _decode_answer(self, ids: list[int], stops: set[int]) -> str:
+        """An answer's text: its tokens up to the first end-of-turn or padding token."""
+        end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        if self._gguf_text:
+            return self._gguf_text.detokenize(ids[:end])
+        return self.tokenizer.decode(ids[:end], skip_special_tokens=True)
+
     def close(self) -> None:
+        if self._gguf_text:
+            self._gguf_text.close()
         del self.model
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
@@ -172,6 +192,13 @@ def _crop(cache, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)
+
+
+def _ids(value) -> list[int]:
+    """A generation config's token id setting (None, one id or several) as a list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _packs(suffixes: list[list[int]], limit: int):

@@ -5,9 +5,13 @@ there is not evaluated again, and each suffix is evaluated after it with logits 
 position only (no `logits_all`), read with `llama_get_logits_ith(ctx, -1)`.
 
 Precision: llama.cpp multiplies quantized weights with 8-bit activations, which moves a small
-model's p'yes by up to 0.06. With `score_precision="auto"`, small quantized files (up to
-SMALL_FILE bytes) are scored from a full-precision F32 copy of the same weights (also faster at
+model's p'yes by up to 0.06. With `score_precision="auto"`, a quantized model small enough that a
+full-precision F32 copy of its weights costs little memory (F32_COPY_MAX_PARAMS parameters, 4 bytes
+each, and at most an eighth of the machine's memory) is scored from that copy (also faster at
 prompt processing on CPU), while generation keeps the quantized file's speed.
+
+Text: rendered and tokenized by `GGUFText`, the same code the hf backend uses for a GGUF model.
+Loading goes through `llama_runtime` (weight repacking as this CPU allows, a quiet engine log).
 
 Adapters: `adapter` is a GGUF LoRA file or a PEFT adapter folder, which is converted once into
 the user cache (gguf-lora/) and applied to both instances, the generating and the scoring one.
@@ -15,10 +19,7 @@ the user cache (gguf-lora/) and applied to both instances, the generating and th
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import io
-import logging
 import os
 import weakref
 from pathlib import Path
@@ -26,18 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from ipo_tui import config
-from ipo_tui.backends.base import (
-    Backend,
-    Capabilities,
-    Sampling,
-    common_length,
-    plain_chat,
-)
+from ipo_tui.backends import llama_runtime
+from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length
+from ipo_tui.backends.gguf_text import GGUFText
 from ipo_tui.errors import IpoError
-from ipo_tui.models import ModelRef, dequantized_gguf, gguf_metadata, info, is_gguf
+from ipo_tui.models import ModelRef, dequantized_gguf, gguf_metadata, gguf_parameter_count, info, is_gguf
 
 DEFAULT_CTX = 4096
-SMALL_FILE = 400_000_000
+F32_COPY_MAX_PARAMS = 400_000_000  # 1.6 GB in F32: the embedded 135M model and Gemma 3 270M, not Qwen 0.5B
 _FULL_PRECISION = {0, 1, 32}  # general.file_type of F32, F16, BF16 files
 
 
@@ -49,8 +46,7 @@ class LlamaCppBackend(Backend):
             raise IpoError(f"the llamacpp backend needs a GGUF file; {model.location} is not one (use --backend hf)")
         if dtype not in (None, "auto"):
             raise IpoError("--dtype applies to the hf backend; llamacpp computes in the GGUF's own types")
-        import llama_cpp
-
+        llama_cpp = llama_runtime.engine()
         self._llama_cpp = llama_cpp
         trained_ctx = info(model).context_length or DEFAULT_CTX
         n_ctx = n_ctx or min(trained_ctx, DEFAULT_CTX)
@@ -62,14 +58,14 @@ class LlamaCppBackend(Backend):
             raise IpoError(f"--score-precision {score_precision}: choose auto, native or f32")
         quantized = gguf_metadata(model.path).get("general.file_type") not in _FULL_PRECISION
         if score_precision == "auto":
-            score_precision = "f32" if quantized and model.path.stat().st_size <= SMALL_FILE else "native"
+            score_precision = "f32" if quantized and f32_copy_is_cheap(model.path) else "native"
         adapter_path = Path(adapter).expanduser().resolve() if adapter else None
         lora = _lora_file(adapter_path, model, on_status) if adapter_path else None
         on_status(f"loading {model.name} with llama.cpp")
-        self._generator = _load(llama_cpp, model.path, n_ctx, threads, gpu, lora)
+        self._generator = _load(model.path, n_ctx, threads, gpu, lora)
         self.llm = self._generator  # the instance that scores
         if score_precision == "f32" and quantized:
-            self.llm = _load(llama_cpp, dequantized_gguf(model.path, on_status), n_ctx, threads, gpu, lora)
+            self.llm = _load(dequantized_gguf(model.path, on_status), n_ctx, threads, gpu, lora)
         # llama_cpp's own __del__ fails at interpreter exit; close while the module still exists
         self._finalizer = weakref.finalize(self, _close_all, {self.llm, self._generator})
         self.ref = model
@@ -77,33 +73,23 @@ class LlamaCppBackend(Backend):
         file_type = _file_type(self._generator)
         if self.llm is not self._generator:
             file_type += " (scores in f32)"
+        repack, _ = llama_runtime.repacking()
+        if not repack and not gpu:
+            file_type += ", no repacking"
         self.capabilities = Capabilities(
             backend="llamacpp", device="gpu" if gpu else "cpu", dtype=file_type, threads=threads,
             context_length=n_ctx, can_train=False, supports_lora=True,
         )
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        self._formatter = None
-        if template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            vocab = self.llm._model
-            self._formatter = Jinja2ChatFormatter(
-                template=template,
-                bos_token=vocab.token_get_text(self.llm.token_bos()),
-                eos_token=vocab.token_get_text(self.llm.token_eos()),
-                add_generation_prompt=True,
-            )
+        self.text = GGUFText(self.llm)
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        if self._formatter is None:
-            return plain_chat(messages)
-        return self._formatter(messages=messages).prompt
+        return self.text.render_chat(messages)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return self.text.tokenize(text)
 
     def detokenize(self, ids: list[int]) -> str:
-        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+        return self.text.detokenize(ids)
 
     def last_logprobs(self, prefix: list[int], suffixes: list[list[int]], ids: list[int]) -> np.ndarray:
         llm = self.llm
@@ -162,34 +148,31 @@ def _lora_file(adapter: Path, model: ModelRef, on_status) -> Path:
     return adapter
 
 
-def _load(llama_cpp, path, n_ctx: int, threads: int, gpu: bool, lora: Path | None = None):
-    try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                              n_gpu_layers=-1 if gpu else 0, logits_all=False, verbose=False)
-    except ValueError as exc:
-        raise IpoError(f"llama.cpp could not load {path}: {exc}") from None
+def f32_copy_is_cheap(path: Path) -> bool:
+    """Whether an F32 copy of the weights (4 bytes a parameter) fits the budget of the module doc."""
+    size = 4 * gguf_parameter_count(path)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return size <= 4 * F32_COPY_MAX_PARAMS and size <= memory // 8
+
+
+def _load(path, n_ctx: int, threads: int, gpu: bool, lora: Path | None = None):
+    llm = llama_runtime.load(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                             n_gpu_layers=-1 if gpu else 0, logits_all=False)
     if lora:
-        _apply_lora(llama_cpp, llm, lora, path)
+        _apply_lora(llm, lora, path)
     return llm
 
 
-def _apply_lora(llama_cpp, llm, lora: Path, path) -> None:
+def _apply_lora(llm, lora: Path, path) -> None:
     """Apply a GGUF LoRA to llm's context through the C API. Llama(lora_path=...) misses a refused
     adapter (it compares a NULL ctypes pointer with None, then runs with it) and turns mmap off.
-    The adapter is freed with the model."""
-    # llama.cpp says why it refuses an adapter only in its log, which llama-cpp-python prints to
-    # sys.stderr at level DEBUG (its level table predates ggml's renumbering): catch it there.
-    logger, log = logging.getLogger("llama-cpp-python"), io.StringIO()
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
-        with contextlib.redirect_stderr(log):
-            adapter = llama_cpp.llama_adapter_lora_init(llm.model, str(lora).encode())
-    finally:
-        logger.setLevel(level)
+    The adapter is freed with the model. llama.cpp says why it refuses an adapter only in its log."""
+    llama_cpp = llama_runtime.engine()
+    with llama_runtime.listen() as log:
+        adapter = llama_cpp.llama_adapter_lora_init(llm.model, str(lora).encode())
     if not adapter:
         llm.close()
-        refusal = [line for line in log.getvalue().splitlines() if "failed to apply lora adapter: " in line]
+        refusal = [line for line in "".join(log).splitlines() if "failed to apply lora adapter: " in line]
         reason = refusal[-1].split("failed to apply lora adapter: ")[-1] if refusal else "it was refused"
         raise IpoError(f"llama.cpp could not apply adapter {lora} to {path}: {reason}")
     if llama_cpp.llama_set_adapters_lora(llm.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter), 1,

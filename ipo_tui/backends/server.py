@@ -290,8 +290,8 @@ def _one_line(text: str) -> str:
 
 def spawn_llama_cpp_server(model_path, threads: int = 1, port: int | None = None, alias: str | None = None,
                            n_ctx: int = 2048, ready_within: float = 180.0, log=None, lora=None):
-    """Start llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, needs
-    `llama-cpp-python[server]`) on 127.0.0.1, with a GGUF LoRA file `lora` applied if given, and
+    """Start llama-cpp-python's OpenAI-compatible server with ipo's llama.cpp set-up
+    (`python -m ipo_tui.backends.llama_server`, needs `llama-cpp-python[server]`) on 127.0.0.1, with a GGUF LoRA file `lora` applied if given, and
     wait until it answers; returns (process, base_url).
     For tests, benchmarks and trying this backend without another server; the caller stops it."""
     import socket
@@ -304,7 +304,7 @@ def spawn_llama_cpp_server(model_path, threads: int = 1, port: int | None = None
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "ipo_tui.backends.llama_server", "--model", str(model_path), "--host", "127.0.0.1",
                "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
                "--n_ctx", str(n_ctx)]
     if alias:

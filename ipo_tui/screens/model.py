@@ -342,7 +342,7 @@ def plan(backend: str, ref, options: dict) -> Text:
             why = "(chosen)"
         dtype = options.get("dtype") or "auto"
         if dtype == "auto":
-            dtype = "bf16 (fp16 if the GPU lacks bf16)" if device.startswith("cuda") else "fp32 (CPUs lack fast bf16)"
+            dtype = "bf16 (fp16 if the GPU lacks bf16)" if device.startswith("cuda") else "fp32 (bf16 moves p'yes by up to 0.06)"
         lines += [("device", f"{device} {why}"), ("dtype", dtype)]
         if ref.kind == "gguf":
             lines.append(("weights", "GGUF → a checkpoint in the cache (once)"))
@@ -360,8 +360,7 @@ def plan(backend: str, ref, options: dict) -> Text:
         name = llamacpp._file_type(SimpleNamespace(metadata={"general.file_type": str(file_type)}))
         quantized = file_type not in llamacpp._FULL_PRECISION
         precision = options.get("score_precision") or "auto"
-        small = ref.path.stat().st_size <= llamacpp.SMALL_FILE
-        f32 = quantized and (precision == "f32" or (precision == "auto" and small))
+        f32 = quantized and (precision == "f32" or (precision == "auto" and llamacpp.f32_copy_is_cheap(ref.path)))
         lines += [("device", "gpu offload" if device not in ("auto", "cpu") else "cpu"),
                   ("dtype", f"{name}" + (" (scores from an f32 copy, made once)" if f32 else "")),
                   ("threads", str(threads) if threads else f"{cores} (all cores)")]

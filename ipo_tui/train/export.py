@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipo_tui import models
+from ipo_tui import models, verbosity
 from ipo_tui.errors import IpoError
 from ipo_tui.models import ModelRef
 
@@ -172,9 +172,8 @@ def merge(adapter_dir: Path, out_dir: Path) -> Path:
     base = models.materialize_gguf(ref.path) if ref.kind == "gguf" else ref.location
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # the CLI shows its own status line
+    verbosity.quiet_transformers()  # the CLI shows its own status line
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     # a trainer saves the tokenizer it used beside the adapter; else the base's

@@ -11,6 +11,7 @@ import yaml
 from ipo_tui.errors import IpoError
 
 REFERENCES = ("policy", "base")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 def defaults_text() -> str:
@@ -71,5 +72,7 @@ def _check(s: dict[str, Any]) -> None:
         raise IpoError(f"warmup_ratio must be in [0, 1), not {s['warmup_ratio']}")
     if s["learning_rate"] <= 0 or s["beta"] <= 0:
         raise IpoError("learning_rate and beta must be positive")
+    if s["dtype"] not in DTYPES:
+        raise IpoError(f"dtype must be one of {', '.join(DTYPES)}, not {s['dtype']!r}")
     if s["reference"] not in REFERENCES:
         raise IpoError(f"reference must be one of {', '.join(REFERENCES)}, not {s['reference']!r}")

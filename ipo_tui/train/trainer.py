@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ipo_tui import verbosity
 from ipo_tui.store import Store
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -103,21 +104,34 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def precision(requested: str) -> tuple[str, str]:
+    """(dtype, why) for training on this machine: see hardware.training_dtype."""
+    import torch
+
+    from ipo_tui.hardware import training_dtype
+
+    cuda = torch.cuda.is_available()
+    return training_dtype(requested, cuda, cuda and torch.cuda.is_bf16_supported())
+
+
 def build_trainer(folder: Path, spec: dict, callbacks=()):
     """The TRL trainer a run folder describes (also used by benchmarks/train.py)."""
     import torch
     from datasets import load_dataset
     from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    verbosity.quiet_transformers()
 
     s = spec["settings"]
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()  # CPUs without native bf16 run it ~10x slower
-    dtype = torch.bfloat16 if bf16 else (torch.float16 if cuda else torch.float32)
+    dtype = spec.get("precision", {}).get("dtype") or precision(s["dtype"])[0]
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32 if not bf16 else dtype)
+    # the frozen base in bf16 when training in bf16 (no cast per matmul, half the memory; PEFT keeps the
+    # adapter in fp32); fp16 computes under autocast over fp32 weights, which its gradient scaler needs
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
     peft_config = None
     if spec.get("init_adapter"):  # a loop iteration continues the previous adapter
         model = PeftModel.from_pretrained(model, spec["init_adapter"], is_trainable=True)
@@ -128,13 +142,11 @@ def build_trainer(folder: Path, spec: dict, callbacks=()):
         output_dir=str(folder / "checkpoints"), per_device_train_batch_size=s["batch_size"],
         gradient_accumulation_steps=s["grad_accum"], num_train_epochs=s["epochs"], learning_rate=s["learning_rate"],
         warmup_steps=s["warmup_ratio"], logging_steps=s["logging_steps"], save_strategy="steps",
-        save_steps=s["save_steps"], save_total_limit=2, seed=s["seed"], bf16=bf16, fp16=cuda and not bf16,
+        save_steps=s["save_steps"], save_total_limit=2, seed=s["seed"], bf16=dtype == "bf16", fp16=dtype == "fp16",
         max_length=s["max_length"], report_to=[], disable_tqdm=True, dataloader_num_workers=0, use_cpu=not cuda,
+        # TRL turns activation checkpointing on by default; recomputing activations costs a third more time
+        activation_checkpointing=False,
     )
-    # TRL turns activation checkpointing on by default; recomputing activations costs a third more time
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
-        else "gradient_checkpointing"  # the name before transformers 5
-    common[checkpointing] = False
     data = load_dataset("json", data_files=str(folder / "data.jsonl"), split="train")
     if spec["kind"] == "sft":
         from trl import SFTConfig, SFTTrainer
@@ -143,12 +155,30 @@ def build_trainer(folder: Path, spec: dict, callbacks=()):
                           peft_config=peft_config, callbacks=list(callbacks))
     from trl import DPOConfig, DPOTrainer
 
+    if not cuda:
+        _score_completions_only()
     args = DPOConfig(**common, beta=s["beta"], loss_type=[s["loss_type"]])
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=list(callbacks))
     if spec.get("reference") == "base" and "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")  # TRL falls back to the adapter-free base model as reference
     return trainer
+
+
+def _score_completions_only() -> None:
+    """TRL's fused LM head projects every position (prompt and padding too) on devices without Triton,
+    so that tile shapes stay fixed for graph compilers; eager CPU code compiles nothing, and projecting
+    only the completion tokens takes a fifth off a DPO step (benchmarks/train.py). The switch is TRL's
+    own device check, read by that head alone (test_train checks it is still there)."""
+    from trl.trainer import utils
+
+    utils._use_triton = _cpu_or_triton
+
+
+def _cpu_or_triton(device) -> bool:
+    from trl.kernels.chunked_logprob import _use_triton
+
+    return device.type == "cpu" or _use_triton(device)
 
 
 def train(folder: Path) -> str:

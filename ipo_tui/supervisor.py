@@ -1,0 +1,102 @@
+"""The `ipo` command: a native crash is reported, not silent.
+
+A segmentation fault in an engine (llama.cpp, torch) ends the process before Python can restore
+the terminal that the app (or a progress bar) changed. So `ipo` runs the real command line,
+`python -m ipo_tui`, in a child process on the same terminal, which writes the Python stack of a
+fatal signal to a crash log (faulthandler). When the child dies of a signal, this parent puts the
+terminal back and says in one line what died, where the stack is, and what to try.
+
+Only the standard library is imported here: the parent costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+LOG_ENV = "IPO_CRASH_LOG"
+# leave the alternate screen, show the cursor, stop mouse reports, bracketed paste, focus events, kitty keys
+RESET = "\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l\x1b[?1004l\x1b[<u\x1b[0m\r\n"
+ENGINES = (("llama_cpp", "llama.cpp"), ("torch", "torch"), ("transformers", "transformers"))
+HINTS = {"llama.cpp": "try IPO_LLAMA_REPACK=off, or --backend hf",
+         "torch": "try --dtype fp32, or --backend llamacpp on a GGUF file"}
+
+
+def crash_log() -> Path:
+    from ipo_tui import config
+
+    return config.data_dir() / "crash.log"
+
+
+def record_fatal_signals() -> None:
+    """In the child: the Python stack of every thread goes to the crash log on a fatal signal."""
+    import faulthandler
+
+    path = os.environ.get(LOG_ENV)
+    if path:
+        faulthandler.enable(file=open(path, "w"), all_threads=True)  # kept open for the process's life
+
+
+def supervise(command: list[str], log: Path) -> int:
+    """Run `command` with the crash log set; its exit status, after a report if it died of a signal."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    saved = _terminal_state()
+    child = subprocess.Popen(command, env={**os.environ, LOG_ENV: str(log)})
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    while True:
+        try:
+            status = child.wait()
+            break
+        except KeyboardInterrupt:  # Ctrl-C reached the child too; it decides how to stop
+            continue
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    if status >= 0 or -status in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL):
+        return status
+    _restore_terminal(saved)
+    sys.stderr.write(report(-status, log) + "\n")
+    return 128 - status
+
+
+def report(signum: int, log: Path) -> str:
+    """One line: the signal, the engine and ipo code it died in (from the stack), the log, a hint."""
+    name = signal.Signals(signum).name
+    stack = log.read_text(errors="replace") if log.is_file() else ""
+    blocks = stack.split("\n\n")
+    current = next((b for b in blocks if b.startswith("Current thread")), stack)  # the thread that died
+    frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', current)
+    engine = next((label for path, _, _ in frames for key, label in ENGINES if f"/{key}/" in path), None)
+    ours = next((f"{Path(path).name}:{line} {func}" for path, line, func in frames if "/ipo_tui/" in path), None)
+    where = " in " + " from ".join(x for x in (engine, ours) if x) if (engine or ours) else ""
+    hint = f"; {HINTS[engine]}" if engine in HINTS else ""
+    stack_note = f"; stack in {log}" if stack else ""
+    return f"ipo: died of {name}{where}{stack_note}{hint}"
+
+
+def _terminal_state():
+    try:
+        import termios
+
+        return termios.tcgetattr(sys.stdin.fileno())
+    except (ImportError, OSError, ValueError):
+        return None  # not a terminal
+
+
+def _restore_terminal(saved) -> None:
+    if saved is None:
+        return
+    import termios
+
+    termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+    sys.stdout.write(RESET)
+    sys.stdout.flush()
+
+
+def main() -> None:
+    sys.exit(supervise([sys.executable, "-m", "ipo_tui", *sys.argv[1:]], crash_log()))

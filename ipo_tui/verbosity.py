@@ -1,0 +1,28 @@
+"""Whether the engines' own logs reach the terminal: only with `ipo --verbose`.
+
+The switch is an environment variable so that child processes (training, a spawned server)
+inherit it. Without it, what a user needs comes as ipo's own one-line warnings and errors.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV = "IPO_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(ENV, "") not in ("", "0")
+
+
+def set_verbose(on: bool) -> None:
+    os.environ[ENV] = "1" if on else "0"
+
+
+def quiet_transformers() -> None:
+    """transformers' progress bars and info/warning logging off unless verbose (its errors still raise)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not verbose():
+        hf_logging.set_verbosity_error()

@@ -1,0 +1,135 @@
+"""The machine it meets: llama.cpp's repacking follows the CPU, the engines stay quiet, a native
+crash is one line and leaves the terminal as it was, training precision follows the hardware."""
+
+import os
+import pty
+import subprocess
+import sys
+import termios
+
+import pytest
+
+from ipo_tui import hardware
+from ipo_tui.errors import IpoError
+from ipo_tui.supervisor import report, supervise
+
+GENERATE = (
+    "from ipo_tui import backends, models\n"
+    "from ipo_tui.backends.base import Sampling\n"
+    "b = backends.load('llamacpp', models.resolve(None))\n"
+    "print(b._generator.model_params.use_extra_bufts, b.capabilities.dtype)\n"
+    "print(repr(b.generate([{'role': 'user', 'content': 'Name a fruit.'}], Sampling(n=1, max_tokens=8, seed=1))[0]))\n"
+)
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("setting, expected", [("on", "True"), ("off", "False"), ("auto", str(not hardware.has_amx()))])
+def test_weight_repacking_follows_the_cpu_or_the_override(setting, expected):
+    # the embedded Q4 file generates in every setting; with repacking on, an AMX CPU would crash here
+    done = _python(GENERATE, IPO_LLAMA_REPACK=setting)
+    assert done.returncode == 0, done.stderr[-2000:]
+    flag, _dtype = done.stdout.splitlines()[0].split(" ", 1)
+    assert flag == expected
+    assert ("no repacking" in done.stdout) == (expected == "False")
+    assert done.stdout.splitlines()[1].strip("'\" ")  # some text came out
+
+
+def test_a_bad_repacking_setting_is_one_line():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPO_LLAMA_REPACK", "sometimes")
+        from ipo_tui.backends.llama_runtime import repacking
+
+        with pytest.raises(IpoError, match="IPO_LLAMA_REPACK=sometimes: choose on, off or auto"):
+            repacking()
+
+
+def test_engines_are_quiet_unless_verbose():
+    quiet = _python(GENERATE, IPO_VERBOSE="0")
+    loud = _python(GENERATE, IPO_VERBOSE="1")
+    assert quiet.returncode == loud.returncode == 0
+    assert "llama_" not in quiet.stderr and "load_tensors" not in quiet.stderr, quiet.stderr[-1000:]
+    assert "llama_" in loud.stderr  # llama.cpp's own log, let through
+
+
+CRASH = ("from ipo_tui.supervisor import record_fatal_signals\n"
+         "record_fatal_signals()\n"
+         "import ctypes, sys, tty\n"
+         "tty.setraw(0)\n"  # as the app leaves the terminal, then dies natively
+         "sys.stdout.write('\\x1b[?1049h\\x1b[?25l'); sys.stdout.flush()\n"
+         "ctypes.string_at(0)\n")
+
+
+def test_a_native_crash_restores_the_terminal_and_says_so_in_one_line(tmp_path):
+    parent, child = pty.openpty()  # the user's terminal
+    before = termios.tcgetattr(child)
+    log = tmp_path / "crash.log"
+    code = (f"import sys, pathlib\nfrom ipo_tui.supervisor import supervise\n"
+            f"sys.exit(supervise([sys.executable, '-c', {CRASH!r}], pathlib.Path({str(log)!r})))")
+    done = subprocess.run([sys.executable, "-c", code], stdin=child, stdout=child, stderr=subprocess.PIPE,
+                          timeout=120, text=True)
+    after = termios.tcgetattr(child)
+    os.close(child)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # the terminal's other side is closed: all was read
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(parent)
+    assert done.returncode == 128 + 11
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ipo: died of SIGSEGV") and str(log) in lines[0], lines
+    assert "Fatal Python error: Segmentation fault" in log.read_text()
+    assert after == before  # the child had put it in raw mode
+    assert screen.index(b"\x1b[?1049l") > screen.index(b"\x1b[?1049h")  # the alternate screen was left
+
+
+def test_the_report_names_the_engine_the_ipo_frame_and_what_to_try(tmp_path):
+    log = tmp_path / "crash.log"
+    log.write_text(
+        "Fatal Python error: Segmentation fault\n\n"
+        "Thread 0x00007f01 (most recent call first):\n"
+        '  File "/usr/lib/python3.11/threading.py", line 324 in wait\n\n'
+        "Current thread 0x00007f02 (most recent call first):\n"
+        '  File "/venv/site-packages/llama_cpp/llama.py", line 656 in eval\n'
+        '  File "/src/ipo_tui/backends/llamacpp.py", line 105 in last_logprobs\n'
+        '  File "/src/ipo_tui/judge.py", line 150 in score_tokens\n\n'
+        "Extension modules: numpy.core._multiarray_umath (total: 1)\n")
+    line = report(11, log)
+    assert line == (f"ipo: died of SIGSEGV in llama.cpp from llamacpp.py:105 last_logprobs; stack in {log}; "
+                    "try IPO_LLAMA_REPACK=off, or --backend hf")
+
+
+def test_an_ordinary_exit_passes_through_the_supervisor(tmp_path):
+    assert supervise([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "crash.log") == 3
+
+
+@pytest.mark.parametrize("requested, cuda, cuda_bf16, expected", [
+    ("bf16", False, False, "bf16"), ("fp32", True, True, "fp32"), (None, True, True, "bf16"),
+    ("auto", True, False, "fp16"),
+])
+def test_training_precision(requested, cuda, cuda_bf16, expected):
+    dtype, why = hardware.training_dtype(requested, cuda, cuda_bf16)
+    assert dtype == expected and why
+
+
+def test_training_precision_on_this_cpu_follows_its_flags():
+    dtype, why = hardware.training_dtype(None, False, False)
+    if hardware.cpu_bf16():
+        assert dtype == "bf16" and hardware.cpu_bf16() in why
+    else:
+        assert dtype == "fp32" and "no native bf16" in why
+
+
+def test_bad_training_precision():
+    with pytest.raises(IpoError, match="--dtype fp8: choose auto, fp32, bf16 or fp16"):
+        hardware.training_dtype("fp8", False, False)
+    with pytest.raises(IpoError, match="GPU only"):
+        hardware.training_dtype("fp16", False, False)
