@@ -110,7 +110,7 @@ def main() -> None:
         result["repack_on_1thread_tok_s"] = statistics.median(rates["on"])
         result["repack_off_1thread_tok_s"] = statistics.median(rates["off"])
         result["repack_off_vs_on"] = result["repack_off_1thread_tok_s"] / result["repack_on_1thread_tok_s"]
-    result["repacking_here"] = llama_runtime.repack_note()
+    result["repacking_here"] = llama_runtime.repack_decision()[1]
 
     result["llamacpp_vs_raw"] = result["llamacpp_backend_tok_s"] / result["llamacpp_raw_tok_s"]
     result["hf_batched_vs_batch1"] = result["hf_batched_tok_s"] / result["hf_batch1_tok_s"]

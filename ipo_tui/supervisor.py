@@ -74,7 +74,7 @@ def report(signum: int, log: Path) -> str:
     engine = next((label for path, _, _ in frames for key, label in ENGINES if f"/{key}/" in path), None)
     ours = next((f"{Path(path).name}:{line} {func}" for path, line, func in frames if "/ipo_tui/" in path), None)
     where = " in " + " from ".join(x for x in (engine, ours) if x) if (engine or ours) else ""
-    hint = f"; {HINTS[engine]}" if engine in HINTS else ""
+    hint = "; " + HINTS.get(engine, "try the other backend (--backend hf or llamacpp); `ipo --verbose` shows the engines' logs")
     stack_note = f"; stack in {log}" if stack else ""
     return f"ipo: died of {name}{where}{stack_note}{hint}"
 
@@ -82,9 +82,11 @@ def report(signum: int, log: Path) -> str:
 def _terminal_state():
     try:
         import termios
-
+    except ImportError:  # not a POSIX system
+        return None
+    try:
         return termios.tcgetattr(sys.stdin.fileno())
-    except (ImportError, OSError, ValueError):
+    except (termios.error, OSError, ValueError):
         return None  # not a terminal
 
 

@@ -111,6 +111,14 @@ def test_an_ordinary_exit_passes_through_the_supervisor(tmp_path):
     assert supervise([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "crash.log") == 3
 
 
+def test_the_ipo_command_runs_through_the_supervisor_from_a_pipe():
+    code = "import sys; sys.argv = ['ipo', *sys.argv[1:]]; from ipo_tui.supervisor import main; main()"
+    for args, status, text in ((["--help"], 0, "score"), (["models", "remove", "nothing"], 1, "no registered model")):
+        done = subprocess.run([sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == status and text in done.stdout + done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("requested, cuda, cuda_bf16, expected", [
     ("bf16", False, False, "bf16"), ("fp32", True, True, "fp32"), (None, True, True, "bf16"),
     ("auto", True, False, "fp16"),

@@ -53,7 +53,7 @@ def serve(tmp_path):
         log = logs.enter_context(log_path.open("wb"))
         process, url = spawn_llama_cpp_server(path, threads=1, alias=alias, log=log, lora=lora)
         started.append(process)
-        repacking = llama_runtime.repack_note()  # the server process decided as this one does
+        repacking = llama_runtime.repack_decision()[1]  # the server process decided as this one does
         assert f"ipo: llama.cpp weight repacking {repacking}" in log_path.read_text(errors="replace")
         return process, url
 

@@ -72,10 +72,10 @@ def engine():
     return llama_cpp
 
 
-def repack_note() -> str:
-    """What `engine()` decided about weight repacking, for status lines and records."""
+def repack_decision() -> tuple[bool, str]:
+    """What this process's llama.cpp does about weight repacking, and why (for labels and records)."""
     engine()
-    return _setup["why"]
+    return _setup["repack"], _setup["why"]
 
 
 @contextlib.contextmanager

@@ -10,6 +10,6 @@ from ipo_tui.backends import llama_runtime
 
 if __name__ == "__main__":
     verbosity.set_verbose(True)
-    print(f"ipo: llama.cpp weight repacking {llama_runtime.repack_note()}", file=sys.stderr, flush=True)
+    print(f"ipo: llama.cpp weight repacking {llama_runtime.repack_decision()[1]}", file=sys.stderr, flush=True)
     sys.argv[0] = "llama_cpp.server"
     runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)

@@ -73,8 +73,7 @@ class LlamaCppBackend(Backend):
         file_type = _file_type(self._generator)
         if self.llm is not self._generator:
             file_type += " (scores in f32)"
-        repack, _ = llama_runtime.repacking()
-        if not repack and not gpu:
+        if not llama_runtime.repack_decision()[0] and not gpu:
             file_type += ", no repacking"
         self.capabilities = Capabilities(
             backend="llamacpp", device="gpu" if gpu else "cpu", dtype=file_type, threads=threads,
