@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from ipo_tui import backends, models
-from ipo_tui.backends import llama_runtime
+from ipo_tui import backends
+from ipo_tui.backends import llama_runtime, weights
 from ipo_tui.backends.base import Sampling
 from ipo_tui.hardware import describe_cpu
 
@@ -53,7 +53,7 @@ def main() -> None:
     if args.repack_arm:
         return repack_arm(args)
     prompts = PROMPTS[: args.prompts]
-    ref = models.resolve(None)
+    ref = weights.resolve(None)
     result: dict = {"machine": describe_cpu(), "prompts": len(prompts), "n": args.n, "max_tokens": args.max_tokens}
     print(result["machine"], flush=True)
     vocab = llama_runtime.load(ref.path, vocab_only=True)
@@ -120,7 +120,7 @@ def main() -> None:
 
 def repack_arm(args) -> None:
     """In a child process: the llamacpp backend's generation rate on one thread, as IPO_LLAMA_REPACK says."""
-    ref = models.resolve(None)
+    ref = weights.resolve(None)
     llama = backends.load("llamacpp", ref, threads=1)
     sampling = Sampling(n=args.n, max_tokens=args.max_tokens, temperature=0.8, top_p=0.95)
     start = time.perf_counter()

@@ -19,11 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from ipo_tui import backends, models, pipeline
+from ipo_tui import backends
+from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
-from ipo_tui.datasets import load_prompts
-from ipo_tui.judge import Judge
-from ipo_tui.store import Store
+from ipo_tui.judge.scoring import Judge
+from ipo_tui.loop import stages
+from ipo_tui.workspace.records import load_prompts
+from ipo_tui.workspace.store import Store
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "gsm8k-test.jsonl"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -54,12 +56,12 @@ def main() -> None:
         store = Store(Path(tmp) / "ws.sqlite")
         store.add_prompt_set("gsm8k", str(args.data), records)
         prompts = store.prompts("gsm8k")
-        judge = Judge(backends.load("llamacpp", models.resolve(None), threads=args.threads))
-        policy = pipeline.policy_of(judge.backend)
+        judge = Judge(backends.load("llamacpp", weights.resolve(None), threads=args.threads))
+        policy = stages.policy_of(judge.backend)
         start = time.perf_counter()
-        pipeline.generate(store, judge.backend, policy, prompts, args.n, Sampling(args.n, 0.8, 0.95, args.max_tokens, 0))
+        stages.generate(store, judge.backend, policy, prompts, args.n, Sampling(args.n, 0.8, 0.95, args.max_tokens, 0))
         generated = time.perf_counter()
-        pipeline.judge(store, judge, policy, prompts, "math")
+        stages.judge(store, judge, policy, prompts, "math")
         judged = time.perf_counter()
         both = wins = combos = any_right = 0
         for prompt, answer in zip(prompts, answers):

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ipo_tui import backends, models
-from ipo_tui.backends import llama_runtime
+from ipo_tui import backends
+from ipo_tui.backends import llama_runtime, weights
 from ipo_tui.backends.base import common_length, split_common_prefix
-from ipo_tui.categories import route
 from ipo_tui.hardware import describe_cpu
-from ipo_tui.judge import Judge
+from ipo_tui.judge.routing import route
+from ipo_tui.judge.scoring import Judge
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rewardbench-dev.jsonl"
 
@@ -146,7 +146,7 @@ def main() -> None:
     chosen = set(args.backends.split(","))
     groups = load_groups(args.data, args.prompts, args.chars)
     n = sum(len(c) for _, c in groups)
-    ref = models.resolve(None)
+    ref = weights.resolve(None)
     result: dict = {"candidates": n, "prompts": len(groups)}
 
     result["machine"] = describe_cpu()

@@ -28,10 +28,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score import DEFAULT_DATA, load_groups  # the candidates of the scoring benchmark
 
-from ipo_tui import backends, models
+from ipo_tui import backends
+from ipo_tui.backends import weights
 from ipo_tui.backends.server import spawn_llama_cpp_server
-from ipo_tui.categories import route
-from ipo_tui.judge import Judge, from_top_logprobs
+from ipo_tui.judge.routing import route
+from ipo_tui.judge.scoring import Judge, from_top_logprobs
 
 
 def through_server(remote, judge: Judge, groups) -> tuple[float, list[float], int]:
@@ -57,7 +58,7 @@ def main() -> None:
         sys.exit(f"{args.data} is absent: pass --data with a RewardBench-format JSONL file")
     groups = load_groups(args.data, args.prompts, args.chars)
     n = sum(len(c) for _, c in groups)
-    ref = models.resolve(None)
+    ref = weights.resolve(None)
     result: dict = {"prompts": len(groups), "candidates": n, "threads_local": args.threads}
 
     local = backends.load("llamacpp", ref, threads=args.threads)
@@ -74,7 +75,7 @@ def main() -> None:
     process = None
     url = args.base_url
     if url is None:
-        served = models.dequantized_gguf(ref.path)
+        served = weights.dequantized_gguf(ref.path)
         process, url = spawn_llama_cpp_server(served, threads=args.threads, alias="bench")
         result["threads_server"] = args.threads
         result["served"] = served.name

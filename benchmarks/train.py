@@ -3,7 +3,7 @@
 Same model (the embedded SmolLM2-135M-Instruct as an HF checkpoint), same pairs (from
 rewardbench-dev, each text cut to --chars characters), same LoRA (r 16, all linear layers),
 4 pairs per step, one epoch, in one run:
-  ipo      the trainer `ipo train dpo` runs (ipo_tui.train.trainer.build_trainer, our settings)
+  ipo      the trainer `ipo train dpo` runs (ipo_tui.training.trainer.build_trainer, our settings)
   trl      TRL's DPOTrainer with its default DPOConfig (only output_dir, batch size, epochs,
            report_to and, on a machine without a GPU, use_cpu set; bf16 and activation
            checkpointing stay at their defaults)
@@ -12,7 +12,7 @@ rewardbench-dev, each text cut to --chars characters), same LoRA (r 16, all line
            ipo chooses for this machine (bf16 autocast where the hardware computes bf16, else fp32)
 Each arm runs in a child process of its own: `ipo` and `manual_tuned_allocator` in the
 environment `ipo train` gives its trainer (glibc's allocator keeps freed memory, see
-ipo_tui/train/runner.py), `trl_defaults` and `manual` in this one, as a user's script would run.
+ipo_tui/training/runner.py), `trl_defaults` and `manual` in this one, as a user's script would run.
 Only training is timed (trainer.train(), or the loop of steps), not loading.
 
     python benchmarks/train.py [--pairs 12] [--chars 400]
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import yaml
 
-from ipo_tui import models
+from ipo_tui.backends import weights
 from ipo_tui.hardware import describe_cpu
-from ipo_tui.train import settings
-from ipo_tui.train.runner import trainer_env
-from ipo_tui.train.trainer import build_trainer, precision
+from ipo_tui.training import settings
+from ipo_tui.training.runner import trainer_env
+from ipo_tui.training.trainer import build_trainer, precision
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rewardbench-dev.jsonl"
 BATCH = 4
@@ -151,7 +151,7 @@ ARMS = {  # name: (timer, environment); the allocator setting is the one `ipo tr
 def run_arm(args) -> None:
     """In a child process: time one arm, print its seconds as JSON."""
     pairs = load_pairs(args.data, args.pairs, args.chars)
-    model_dir = str(models.materialize_gguf(models.resolve(None).path))
+    model_dir = str(weights.materialize_gguf(weights.resolve(None).path))
     with tempfile.TemporaryDirectory() as tmp:
         seconds = ARMS[args.arm][0](model_dir, pairs, Path(tmp), precision("auto")[0])
     print(json.dumps({"seconds": seconds, "pairs": len(pairs)}))
@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.arm:
         return run_arm(args)
-    models.materialize_gguf(models.resolve(None).path)  # converted once, outside the timings
+    weights.materialize_gguf(weights.resolve(None).path)  # converted once, outside the timings
     dtype, why = precision("auto")
     result: dict = {"machine": describe_cpu(), "pairs": args.pairs, "batch": BATCH, "dtype": dtype, "why": why}
     print(f"{result['machine']}; ipo and manual train in {dtype}: {why}", flush=True)

@@ -23,18 +23,20 @@ def shared_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_backend():
-    from ipo_tui import backends, models
+    from ipo_tui import backends
+    from ipo_tui.backends import weights
 
-    backend = backends.load("hf", models.resolve(None), device="cpu")
+    backend = backends.load("hf", weights.resolve(None), device="cpu")
     yield backend
     backend.close()
 
 
 @pytest.fixture(scope="session")
 def llama_backend():
-    from ipo_tui import backends, models
+    from ipo_tui import backends
+    from ipo_tui.backends import weights
 
-    backend = backends.load("llamacpp", models.resolve(None))
+    backend = backends.load("llamacpp", weights.resolve(None))
     yield backend
     backend.close()
 

@@ -10,8 +10,8 @@ import time
 import pytest
 from test_app_support import FakeEngine, seed_pairs, wait_for, write_eval_file
 
-from ipo_tui.app import IpoApp
-from ipo_tui.store import Store
+from ipo_tui.tui.app import IpoApp
+from ipo_tui.workspace.store import Store
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 SIZE = (120, 40)
@@ -315,11 +315,11 @@ async def test_load_llamacpp_from_the_model_screen(tmp_path):
 
 async def test_load_a_server_from_the_model_screen_and_score_through_it(tmp_path):
     pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
-    from ipo_tui import models
+    from ipo_tui.backends import weights
     from ipo_tui.backends.server import spawn_llama_cpp_server
 
     with (tmp_path / "server.log").open("wb") as log:
-        process, url = spawn_llama_cpp_server(models.resolve(None).path, threads=1, alias="served-smollm2", log=log)
+        process, url = spawn_llama_cpp_server(weights.resolve(None).path, threads=1, alias="served-smollm2", log=log)
     try:
         app = make_app(tmp_path, None, start="model", autoload=False)
         async with app.run_test(size=SIZE) as pilot:
@@ -353,7 +353,7 @@ async def test_load_a_server_from_the_model_screen_and_score_through_it(tmp_path
 async def test_failed_load_is_shown_not_raised(tmp_path):
     app = make_app(tmp_path, None, start="model", autoload=False)
     async with app.run_test(size=SIZE) as pilot:
-        from ipo_tui.models import ModelRef
+        from ipo_tui.backends.weights import ModelRef
 
         app.load_engine("llamacpp", ModelRef("hf", str(tmp_path), "folder"), {})
         await wait_for(pilot, lambda: app.engine_state == "failed", timeout=30)

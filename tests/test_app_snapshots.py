@@ -9,10 +9,10 @@ import os
 import pytest
 from test_app_support import FakeEngine, seed_pairs, write_eval_file
 
-from ipo_tui import store as store_module
-from ipo_tui.app import IpoApp
-from ipo_tui.screens import model as model_screen
-from ipo_tui.store import Store
+from ipo_tui.tui.app import IpoApp
+from ipo_tui.tui.screens import model as model_screen
+from ipo_tui.workspace import store as store_module
+from ipo_tui.workspace.store import Store
 
 SIZE = (120, 40)
 STAMP = "2026-01-02T03:04:05+00:00"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ipo_tui.backends.base import Backend, Capabilities, Sampling
-from ipo_tui.models import ModelRef
+from ipo_tui.backends.weights import ModelRef
 
 SPECIAL = {t: i for i, t in enumerate(("Yes", " Yes", "yes", " yes", "YES", " YES", "No", " No", "no", " no", "NO", " NO"), 1)}
 
@@ -54,7 +54,7 @@ class FakeEngine(Backend):
 
 
 def judgement(response: str, p_yes: float, category: str = "chat"):
-    from ipo_tui.judge import Judgement
+    from ipo_tui.judge.scoring import Judgement
 
     return Judgement(response, p_yes, float(np.log(p_yes / (1 - p_yes))), 0.3, category, category, False)
 

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from ipo_tui.backends.base import split_common_prefix
-from ipo_tui.candidates import read_candidates
-from ipo_tui.categories import route
+from ipo_tui.backends.weights import gguf_metadata, resolve
 from ipo_tui.errors import IpoError
-from ipo_tui.models import gguf_metadata, resolve
-from ipo_tui.prompts import Template, templates
+from ipo_tui.judge.routing import route
+from ipo_tui.judge.templates import Template, templates
+from ipo_tui.workspace.candidates import read_candidates
 
 
 def test_common_prefix_leaves_every_suffix_nonempty():

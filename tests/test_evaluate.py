@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from ipo_tui.evaluate import load_pairs
-from ipo_tui.selfreward import parse_score
+from ipo_tui.evaluation.pairwise import load_pairs
+from ipo_tui.judge.self_reward import parse_score
 
 PAIRS = [
     {"prompt": "What is 2 + 2?", "chosen": "2 + 2 = 4.", "rejected": "2 + 2 = 5.", "subset": "arith", "category": "math"},

@@ -9,11 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ipo_tui import backends, cli_export, config, models
+from ipo_tui import backends, config
+from ipo_tui.backends import weights
 from ipo_tui.backends.base import split_common_prefix
+from ipo_tui.cli import export
 from ipo_tui.errors import IpoError
-from ipo_tui.judge import NO_VARIANTS, YES_VARIANTS, Judge, variant_ids
-from ipo_tui.train.export import cache_key, peft_to_gguf_lora
+from ipo_tui.judge.scoring import NO_VARIANTS, YES_VARIANTS, Judge, variant_ids
+from ipo_tui.training.export import cache_key, peft_to_gguf_lora
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ANSWERS = ["42", "12 + 30 = 52"]
@@ -28,7 +30,7 @@ MIN_EFFECT, MIN_PYES_EFFECT = 1.0, 0.02
 
 
 def load(spec, **options):
-    return backends.load("llamacpp", models.resolve(str(spec)), threads=1, **options)
+    return backends.load("llamacpp", weights.resolve(str(spec)), threads=1, **options)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +45,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def embedded():
-    ref = models.resolve(None)
-    return ref, models.materialize_gguf(ref.path), models.dequantized_gguf(ref.path)
+    ref = weights.resolve(None)
+    return ref, weights.materialize_gguf(ref.path), weights.dequantized_gguf(ref.path)
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +108,10 @@ def test_gguf_lora_matches_peft(embedded, f32_base, lora, tmp_path, capsys):
     hf_lora, hf_base = log_softmax(with_adapter), log_softmax(without)
 
     exported = tmp_path / "adapter.gguf"
-    result = CliRunner().invoke(cli_export.app, ["gguf-lora", str(folder), "--out", str(exported)])
+    result = CliRunner().invoke(export.app, ["gguf-lora", str(folder), "--out", str(exported)])
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and exported.is_file()
-    meta = models.gguf_metadata(exported)
+    meta = weights.gguf_metadata(exported)
     assert (meta["general.type"], meta["adapter.type"], meta["adapter.lora.alpha"]) == ("adapter", "lora", 16.0)
 
     # the PEFT folder, converted into the cache once and applied to both instances: the Q4 file
@@ -150,7 +152,7 @@ def test_merge_matches_peft(lora, tmp_path):
 
     folder, seqs, with_adapter, _ = lora
     out = tmp_path / "merged"
-    result = CliRunner().invoke(cli_export.app, ["merge", str(folder), "--out", str(out)])
+    result = CliRunner().invoke(export.app, ["merge", str(folder), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and (out / "tokenizer.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -174,7 +176,7 @@ def test_bad_adapters(embedded, lora, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "adapter_config.json" in one_line_error(peft_to_gguf_lora, empty, tmp_path / "x.gguf")
-    result = CliRunner().invoke(cli_export.app, ["gguf-lora", str(empty), "--out", str(tmp_path / "x.gguf")])
+    result = CliRunner().invoke(export.app, ["gguf-lora", str(empty), "--out", str(tmp_path / "x.gguf")])
     assert result.exit_code != 0 and isinstance(result.exception, IpoError)
     assert "not found" in one_line_error(peft_to_gguf_lora, tmp_path / "missing", tmp_path / "x.gguf")
     assert "not found" in one_line_error(load, ref.path, adapter=str(tmp_path / "missing"))

@@ -14,9 +14,9 @@ from ipo_tui.errors import IpoError
 from ipo_tui.supervisor import report, supervise
 
 GENERATE = (
-    "from ipo_tui import backends, models\n"
+    "from ipo_tui import backends\nfrom ipo_tui.backends import weights\n"
     "from ipo_tui.backends.base import Sampling\n"
-    "b = backends.load('llamacpp', models.resolve(None))\n"
+    "b = backends.load('llamacpp', weights.resolve(None))\n"
     "print(b._generator.model_params.use_extra_bufts, b.capabilities.dtype)\n"
     "print(repr(b.generate([{'role': 'user', 'content': 'Name a fruit.'}], Sampling(n=1, max_tokens=8, seed=1))[0]))\n"
 )

@@ -85,7 +85,7 @@ def _one_dpo_step(data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from ipo_tui.models import embedded_gguf, materialize_gguf
+    from ipo_tui.backends.weights import embedded_gguf, materialize_gguf
 
     folder = materialize_gguf(embedded_gguf())
     trainer = DPOTrainer(

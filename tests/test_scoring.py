@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ipo_tui.backends.base import Sampling, split_common_prefix
-from ipo_tui.judge import Judge
+from ipo_tui.judge.scoring import Judge
 from tests.conftest import shared_file
 
 QUESTION = "What is the capital of France?"
@@ -115,9 +115,10 @@ def test_one_text_one_score_on_rewardbench_pairs(hf_judge, llama_judge):
 
 
 def test_long_prompt_is_cut_keeping_question_and_answer_end():
-    from ipo_tui import backends, models
+    from ipo_tui import backends
+    from ipo_tui.backends import weights
 
-    small = backends.load("llamacpp", models.resolve(None), n_ctx=256)
+    small = backends.load("llamacpp", weights.resolve(None), n_ctx=256)
     try:
         judge = Judge(small)
         response = " ".join(f"step {i} of the reasoning." for i in range(200)) + " So the answer is 42."

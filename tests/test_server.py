@@ -14,12 +14,13 @@ import pytest
 
 httpx = pytest.importorskip("httpx", reason="the server backend needs httpx: pip install httpx")
 
-from ipo_tui import backends, models, pipeline
-from ipo_tui.backends import Sampling, llama_runtime
+from ipo_tui import backends
+from ipo_tui.backends import Sampling, llama_runtime, weights
 from ipo_tui.backends.server import api_root, spawn_llama_cpp_server
 from ipo_tui.errors import IpoError
-from ipo_tui.judge import Judge, from_top_logprobs
-from ipo_tui.store import Store
+from ipo_tui.judge.scoring import Judge, from_top_logprobs
+from ipo_tui.loop import stages
+from ipo_tui.workspace.store import Store
 
 ALIAS = "smollm2-135m"
 PAIRS = [
@@ -79,9 +80,9 @@ def _free_port() -> int:
 def test_p_yes_agrees_with_the_local_backend(serve, precision):
     """The server must compute with the very weights the local backend scores with: the F32 copy
     (the local default for small quantized files) or, with score_precision=native, the Q4 file."""
-    ref = models.resolve(None)
+    ref = weights.resolve(None)
     local = backends.load("llamacpp", ref, threads=1, score_precision=precision)
-    served = models.dequantized_gguf(ref.path) if precision == "auto" else ref.path
+    served = weights.dequantized_gguf(ref.path) if precision == "auto" else ref.path
     _, url = serve(served)
     remote = backends.load("server", None, base_url=url, concurrency=2)
     try:
@@ -101,8 +102,8 @@ def test_p_yes_agrees_with_the_local_backend(serve, precision):
 
 @pytest.mark.slow
 def test_generation_missing_judgements_and_refusals(serve):
-    _, url = serve(models.resolve(None).path)
-    remote = backends.load("server", models.ModelRef("hub", ALIAS, ALIAS), base_url=url, concurrency=3)
+    _, url = serve(weights.resolve(None).path)
+    remote = backends.load("server", weights.ModelRef("hub", ALIAS, ALIAS), base_url=url, concurrency=3)
     try:
         messages = [{"role": "user", "content": "Say hi."}]
         texts = remote.generate(messages, Sampling(n=3, temperature=0.9, max_tokens=12, seed=7))
@@ -120,7 +121,7 @@ def test_generation_missing_judgements_and_refusals(serve):
         assert json.loads(json.dumps(j.as_dict(), allow_nan=False))["p_yes"] is None
 
         with pytest.raises(IpoError, match=r"does not serve 'nope'; it serves smollm2-135m"):
-            backends.load("server", models.ModelRef("hub", "nope", "nope"), base_url=url)
+            backends.load("server", weights.ModelRef("hub", "nope", "nope"), base_url=url)
         # a prompt past the server's context (2048) is refused at once, with the server's reason
         with pytest.raises(IpoError, match=r"refused judging request 1 of 1: HTTP 400: .*maximum context length") as info:
             remote.first_token_logprobs([[{"role": "user", "content": "word " * 3000}]])
@@ -150,11 +151,11 @@ def test_a_server_killed_mid_run_keeps_what_was_stored_and_a_rerun_completes(ser
         return {r["id"]: len(store.candidates(r["id"], ALIAS, "")) for r in rows}
 
     # generate: the server dies after the second prompt
-    process, url = serve(models.resolve(None).path)
+    process, url = serve(weights.resolve(None).path)
     remote = connect(url)
-    policy = pipeline.policy_of(remote)
+    policy = stages.policy_of(remote)
     with pytest.raises(IpoError) as info:
-        pipeline.generate(store, remote, policy, rows, 2, sampling, killing_after(process, 2))
+        stages.generate(store, remote, policy, rows, 2, sampling, killing_after(process, 2))
     message = str(info.value)
     assert url in message and "sample 1 of 2 (seed 2018)" in message and "'Say hello in French.'" in message
     assert "failed after 2 attempts" in message and "\n" not in message
@@ -163,23 +164,23 @@ def test_a_server_killed_mid_run_keeps_what_was_stored_and_a_rerun_completes(ser
     kept = [r["text"] for r in rows[:2] for r in store.candidates(r["id"])]
 
     # a rerun on a fresh server completes the rest and leaves the stored samples as they were
-    process, url = serve(models.resolve(None).path)
+    process, url = serve(weights.resolve(None).path)
     remote = connect(url)
-    assert pipeline.generate(store, remote, policy, rows, 2, sampling) == 4
+    assert stages.generate(store, remote, policy, rows, 2, sampling) == 4
     assert list(stored().values()) == [2, 2, 2, 2]
     assert [r["text"] for r in rows[:2] for r in store.candidates(r["id"])] == kept
 
     # judge: the server dies after the first prompt's candidates are judged
     with pytest.raises(IpoError, match=r"judging request 1 of 2 failed after 2 attempts"):
-        pipeline.judge(store, Judge(remote), policy, rows, progress=killing_after(process, 1))
+        stages.judge(store, Judge(remote), policy, rows, progress=killing_after(process, 1))
     remote.close()
     judged = [sum(j["p_yes"] is not None for j in store.judgements(r["id"], ALIAS, ALIAS, "")) for r in rows]
     assert judged == [2, 0, 0, 0]
 
-    process, url = serve(models.resolve(None).path)
+    process, url = serve(weights.resolve(None).path)
     remote = connect(url)
     try:
-        assert pipeline.judge(store, Judge(remote), policy, rows) == 6
+        assert stages.judge(store, Judge(remote), policy, rows) == 6
         assert all(j["p_yes"] is not None for r in rows for j in store.judgements(r["id"], ALIAS, ALIAS, ""))
     finally:
         remote.close()
@@ -188,37 +189,37 @@ def test_a_server_killed_mid_run_keeps_what_was_stored_and_a_rerun_completes(ser
 
 @pytest.mark.slow
 def test_a_loop_through_a_server_waits_for_the_new_policy_to_be_served(serve, tmp_path):
-    from ipo_tui import loop, serving
-    from ipo_tui.train import runner
+    from ipo_tui.loop import iterations, server_handoff
+    from ipo_tui.training import runner
 
     store = Store(tmp_path / "ws" / "workspace.sqlite")
     store.add_prompt_set("tiny", "test", [{"text": p} for p in PROMPTS])
-    base = models.resolve(None)
+    base = weights.resolve(None)
     first, url = serve(base.path)
-    loop_id = loop.start(store, "tiny", 1, 2, "server", None, Sampling(2, 0.8, 0.95, 8, 0), holdout=0.25,
+    loop_id = iterations.start(store, "tiny", 1, 2, "server", None, Sampling(2, 0.8, 0.95, 8, 0), holdout=0.25,
                          overrides={"learning_rate": 5e-3, "batch_size": 2, "lora_r": 8, "lora_alpha": 16,
                                     "max_length": 128}, server={"base_url": url, "concurrency": 2})
     events = []
     # llama-cpp-python's server cannot load adapters at runtime: the loop writes a GGUF LoRA and waits
-    with pytest.raises(serving.ServeNeeded, match=rf"still serves '{ALIAS}': serve .* --lora_path LORA") as info:
-        loop.run(store, loop_id, on_event=events.append)
+    with pytest.raises(server_handoff.ServeNeeded, match=rf"still serves '{ALIAS}': serve .* --lora_path LORA") as info:
+        iterations.run(store, loop_id, on_event=events.append)
     assert "\n" not in str(info.value) and f"ipo loop --resume {loop_id}" in str(info.value)
     assert runner.info(store, loop_id).status == "waiting"
     train_run = runner.info(store, f"{loop_id}-iter1")
-    lora = train_run.folder / serving.SERVE_FOLDER / "adapter.gguf"
+    lora = train_run.folder / server_handoff.SERVE_FOLDER / "adapter.gguf"
     assert train_run.status == "completed" and lora.is_file()
     assert any("cannot load adapters at runtime" in e for e in events)
 
     # resumed while the server still serves the base: still waiting, and nothing is trained again
-    with pytest.raises(serving.ServeNeeded):
-        loop.run(store, loop_id, on_event=lambda m: None)
+    with pytest.raises(server_handoff.ServeNeeded):
+        iterations.run(store, loop_id, on_event=lambda m: None)
     assert runner.info(store, f"{loop_id}-iter1").created_at == train_run.created_at
 
     # served under a new name on a new address: the loop adopts it and finishes the iteration there
     first.kill()
     first.wait()
     _, new_url = serve(base.path, alias="policy-1", lora=lora)
-    record = loop.run(store, loop_id, on_event=lambda m: None, base_url=new_url)
+    record = iterations.run(store, loop_id, on_event=lambda m: None, base_url=new_url)
     [iteration] = record["done"]
     assert runner.info(store, loop_id).status == "completed" and record["server"]["served"] == {"0": ALIAS, "1": "policy-1"}
     assert iteration["eval"]["held_out_prompts"] == 1 and iteration["eval"]["mean_p_yes_new_samples"] is not None
@@ -231,23 +232,23 @@ def test_a_loop_through_a_server_waits_for_the_new_policy_to_be_served(serve, tm
 def test_vllm_gets_the_adapter_at_runtime(scripted, tmp_path):
     from types import SimpleNamespace
 
-    from ipo_tui import serving
+    from ipo_tui.loop import server_handoff
 
     run = SimpleNamespace(id="loop-001-iter1", folder=tmp_path / "run", adapter=tmp_path / "run" / "adapter")
     server = {"base_url": scripted, "concurrency": 1, "served": {"0": "scripted"}}
-    serving.hand_off(server, 1, run, models.resolve(None), on_event=lambda m: None)
-    assert server["served"]["1"] == "loop-001-iter1" and not (run.folder / serving.SERVE_FOLDER).exists()
+    server_handoff.hand_off(server, 1, run, weights.resolve(None), on_event=lambda m: None)
+    assert server["served"]["1"] == "loop-001-iter1" and not (run.folder / server_handoff.SERVE_FOLDER).exists()
     assert _Script.adapters == [{"lora_name": "loop-001-iter1", "lora_path": str(run.adapter.resolve())}]
     del server["served"]["1"]  # a resumed loop finds it served and loads nothing twice
-    serving.hand_off(server, 1, run, models.resolve(None), on_event=lambda m: None)
+    server_handoff.hand_off(server, 1, run, weights.resolve(None), on_event=lambda m: None)
     assert server["served"]["1"] == "loop-001-iter1" and len(_Script.adapters) == 1
 
     # an adapter the server refuses is an error, not a server without runtime loading
     run.id, server["served"] = "loop-001-iter2", {"0": "scripted", "1": "loop-001-iter1"}
     _Script.failures = [(404, ())]
     with pytest.raises(IpoError, match=r"refused loading adapter 'loop-001-iter2' .* HTTP 404: scripted 404"):
-        serving.hand_off(server, 2, run, models.resolve(None), on_event=lambda m: None)
-    assert not (run.folder / serving.SERVE_FOLDER).exists()
+        server_handoff.hand_off(server, 2, run, weights.resolve(None), on_event=lambda m: None)
+    assert not (run.folder / server_handoff.SERVE_FOLDER).exists()
 
 
 def test_an_unreachable_server_is_one_line():
@@ -266,7 +267,7 @@ def test_an_unreachable_server_is_one_line():
         with pytest.raises(IpoError, match=match):
             backends.load("server", None, **bad)
     with pytest.raises(IpoError, match="not the local gguf"):
-        backends.load("server", models.resolve(None), base_url=url)
+        backends.load("server", weights.resolve(None), base_url=url)
 
 
 def test_api_root():

@@ -5,11 +5,11 @@ import sqlite3
 
 import pytest
 
-from ipo_tui.datasets import load_prompts, pair_records, write_records
 from ipo_tui.errors import IpoError
-from ipo_tui.judge import Judgement
-from ipo_tui.pipeline import Policy, build_pairs
-from ipo_tui.store import MIGRATIONS, Store
+from ipo_tui.judge.scoring import Judgement
+from ipo_tui.loop.stages import Policy, build_pairs
+from ipo_tui.workspace.records import load_prompts, pair_records, write_records
+from ipo_tui.workspace.store import MIGRATIONS, Store
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 
 from ipo_tui.backends.base import Sampling
 from ipo_tui.errors import IpoError
-from ipo_tui.store import Store
-from ipo_tui.train import runner, settings
+from ipo_tui.training import runner, settings
+from ipo_tui.workspace.store import Store
 
 PAIRS = [
     {"prompt": "What is 2+2?", "chosen": "4.", "rejected": "Banana bread is tasty and I like it a lot."},
@@ -33,9 +33,9 @@ def tiny_model(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ipo_tui import models
+    from ipo_tui.backends import weights
 
-    tokenizer = AutoTokenizer.from_pretrained(models.materialize_gguf(models.resolve(None).path))
+    tokenizer = AutoTokenizer.from_pretrained(weights.materialize_gguf(weights.resolve(None).path))
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -101,7 +101,7 @@ def test_dpo_on_cpu_projects_only_completion_tokens():
     import torch
     from trl.trainer import utils
 
-    from ipo_tui.train import trainer
+    from ipo_tui.training import trainer
 
     assert "compact = _use_triton(hidden_states.device)" in inspect.getsource(utils.add_fused_lm_head)
     trainer._score_completions_only()
@@ -145,16 +145,18 @@ def test_sft_run(store, tmp_path, tiny_model):
 
 
 def test_one_loop_iteration(store, tmp_path, tiny_model):
-    from ipo_tui import backends, loop, models, pipeline
+    from ipo_tui import backends
+    from ipo_tui.backends import weights
+    from ipo_tui.loop import iterations, stages
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in PAIRS + PAIRS[:1]))
-    from ipo_tui.datasets import load_prompts
+    from ipo_tui.workspace.records import load_prompts
 
     store.add_prompt_set("tiny", str(prompts), load_prompts(str(prompts)))
-    loop_id = loop.start(store, "tiny", 1, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), holdout=0.2,
+    loop_id = iterations.start(store, "tiny", 1, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), holdout=0.2,
                          overrides=dict(FAST, epochs=1))
-    record = loop.run(store, loop_id, on_event=lambda message: None)
+    record = iterations.run(store, loop_id, on_event=lambda message: None)
     [iteration] = record["done"]
     assert iteration["pairs"] == 4 and set(iteration["seconds"]) >= {"generate", "judge", "pairs", "train", "evaluate"}
     assert iteration["eval"]["held_out_prompts"] == 1 and iteration["eval"]["held_out_agreement"] in (0.0, 1.0)
@@ -162,14 +164,14 @@ def test_one_loop_iteration(store, tmp_path, tiny_model):
     assert runner.info(store, iteration["train_run"]).status == "completed"
 
     # the trained policy's candidates are stored under its adapter, apart from the base's
-    base = models.resolve(tiny_model).identity
+    base = weights.resolve(tiny_model).identity
     prompt = store.prompts("tiny")[-1]
     by_adapter = {c["adapter"] for c in store.candidates(prompt["id"], base, iteration["adapter"])}
     assert by_adapter == {iteration["adapter"]}
-    engine = backends.load("hf", models.resolve(tiny_model), adapter=iteration["adapter"])
-    assert pipeline.policy_of(engine).adapter == iteration["adapter"]
+    engine = backends.load("hf", weights.resolve(tiny_model), adapter=iteration["adapter"])
+    assert stages.policy_of(engine).adapter == iteration["adapter"]
     engine.close()
-    assert loop.run(store, loop_id, on_event=lambda m: None)["done"] == record["done"]  # nothing left to do
+    assert iterations.run(store, loop_id, on_event=lambda m: None)["done"] == record["done"]  # nothing left to do
 
 
 def test_settings_are_checked(tmp_path):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ipo_tui.backends.base import Backend, Capabilities, Sampling
+from ipo_tui.backends.weights import ModelRef
 from ipo_tui.errors import IpoError
-from ipo_tui.models import ModelRef
 
 NAMES = ("hf", "llamacpp", "server")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ipo_tui.models import ModelRef
+from ipo_tui.backends.weights import ModelRef
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,14 @@ class Backend(ABC):
         """`sampling.n` completions of the assistant's turn."""
 
     generate_rows = 1  # samples worth putting in one generate_many call; an engine that batches raises it
+    # an engine that cannot score token ids (a server behind a chat endpoint) judges chat messages
+    # instead, through first_token_logprobs, and says so here
+    scores_by_text = False
+
+    def first_token_logprobs(self, conversations: list[list[dict[str, str]]]) -> list[list[tuple[str, float]]]:
+        """For each conversation, the (token text, logprob) pairs of the top candidates for the first
+        token of the assistant's answer. Only engines with `scores_by_text` offer it."""
+        raise NotImplementedError(f"{type(self).__name__} scores token ids (last_logprobs), not chat messages")
 
     def generate_many(self, requests: list[tuple[list[dict[str, str]], Sampling]]) -> list[list[str]]:
         """`generate` for several conversations (sharing temperature, top_p and max_tokens); an

@@ -17,9 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from ipo_tui import verbosity
-from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, plain_chat
+from ipo_tui.backends.base import (
+    Backend,
+    Capabilities,
+    Sampling,
+    common_length,
+    plain_chat,
+)
+from ipo_tui.backends.weights import ModelRef, materialize_gguf
 from ipo_tui.errors import IpoError
-from ipo_tui.models import ModelRef, materialize_gguf
 
 DEFAULT_CTX = 4096
 GENERATE_ROWS = {"cpu": 16, "cuda": 64}  # CPU, embedded model: 14 tokens/s at 1 row, 28 at 4, 79 at 16

@@ -30,8 +30,15 @@ from ipo_tui import config
 from ipo_tui.backends import llama_runtime
 from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length
 from ipo_tui.backends.gguf_text import GGUFText
+from ipo_tui.backends.weights import (
+    ModelRef,
+    dequantized_gguf,
+    gguf_metadata,
+    gguf_parameter_count,
+    info,
+    is_gguf,
+)
 from ipo_tui.errors import IpoError
-from ipo_tui.models import ModelRef, dequantized_gguf, gguf_metadata, gguf_parameter_count, info, is_gguf
 
 DEFAULT_CTX = 4096
 F32_COPY_MAX_PARAMS = 400_000_000  # 1.6 GB in F32: the embedded 135M model and Gemma 3 270M, not Qwen 0.5B
@@ -133,7 +140,7 @@ class LlamaCppBackend(Backend):
 def _lora_file(adapter: Path, model: ModelRef, on_status) -> Path:
     """The GGUF LoRA file for `adapter`: the file itself, or a PEFT folder's conversion (made once)."""
     if adapter.is_dir():
-        from ipo_tui.train.export import cache_key, peft_to_gguf_lora
+        from ipo_tui.training.export import cache_key, peft_to_gguf_lora
 
         target = config.cache_dir() / "gguf-lora" / f"{cache_key(adapter, model)}.gguf"
         if not target.is_file():

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 
 from ipo_tui.backends.base import Backend, Capabilities, Sampling
+from ipo_tui.backends.weights import ModelRef
 from ipo_tui.errors import IpoError
-from ipo_tui.models import ModelRef
 
 KEY_VARIABLES = ("IPO_API_KEY", "OPENAI_API_KEY")
 URL_VARIABLE = "IPO_BASE_URL"
@@ -40,6 +40,8 @@ class Refused(IpoError):
 
 
 class ServerBackend(Backend):
+    scores_by_text = True  # a chat endpoint: the Judge sends messages and reads the top logprobs
+
     def __init__(self, model: ModelRef | None = None, base_url: str | None = None, api_key: str | None = None,
                  concurrency: int = 4, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5,
                  top_logprobs: int = TOP_LOGPROBS, device: str | None = None, dtype: str | None = None,

@@ -1,0 +1,71 @@
+"""The `ipo` command line, assembled in one place: every command group mounted here. The Python API
+(the core packages) comes first; each command parses, calls it, and renders with rich."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ipo_tui.cli import data, evaluation, export, scoring, training
+from ipo_tui.cli.common import ModelOpt, WorkspaceOpt, err
+from ipo_tui.errors import IpoError
+
+app = typer.Typer(
+    help="Implicit Preference Optimization: a model judges its own answers by p(Yes) and learns from them. "
+         "With no command, opens the app.",
+    pretty_exceptions_enable=False, add_completion=False,
+)
+
+
+@app.callback(invoke_without_command=True)
+def _default(ctx: typer.Context, verbose: bool = typer.Option(
+        False, "--verbose", help="Let llama.cpp's and transformers' own logs through (they are kept quiet otherwise).")) -> None:
+    from ipo_tui import verbosity
+
+    if verbose:
+        verbosity.set_verbose(True)
+    if ctx.invoked_subcommand is None:
+        tui(model=None, backend="auto", workspace=None, start="lab")
+
+
+@app.command()
+def tui(
+    model: Optional[str] = ModelOpt,
+    backend: str = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, or auto (the config's `backend:`, else hf)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    start: str = typer.Option("lab", "--start", help="First screen: model, lab, pairs, eval, train or runs."),
+) -> None:
+    """Open the app: live scoring, pair curation, training dashboard, evaluation, runs."""
+    from ipo_tui.tui.app import IpoApp, run
+
+    if start not in IpoApp.MODES:
+        raise IpoError(f"--start {start}: choose one of {', '.join(IpoApp.MODES)}")
+    run(workspace=workspace, model=model, backend=None if backend == "auto" else backend, start=start)
+
+
+app.command()(scoring.score)
+app.add_typer(scoring.models_app, name="models")
+app.add_typer(data.prompts_app, name="prompts")
+app.command()(data.generate)
+app.command()(data.judge)
+app.add_typer(data.pairs_app, name="pairs")
+app.command("eval")(evaluation.eval_pairs)
+app.command()(evaluation.bestofn)
+app.add_typer(training.train_app, name="train")
+app.command("runs")(training.runs)
+app.command("loop")(training.loop)
+app.add_typer(export.app, name="export")
+
+
+def main() -> None:
+    try:
+        app()
+    except IpoError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,99 @@
+"""`ipo eval` and `ipo bestofn`: a judge's pairwise accuracy on labelled pairs, and the judge at test time."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ipo_tui.cli.common import (
+    AdapterOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    CtxOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    PrecisionOpt,
+    SeedOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TopPOpt,
+    err,
+    judgement_table,
+    open_backend,
+    open_judge,
+    out,
+    progress_bar,
+    sampling_settings,
+)
+from ipo_tui.errors import IpoError
+
+
+def eval_pairs(
+    file: str = typer.Argument(..., help="RewardBench-format pairs: prompt, chosen, rejected, subset, category?"),
+    judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 1-5 score)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="A fixed sample of N pairs spread over the file."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
+    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+) -> None:
+    """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
+    from ipo_tui.config import load_config
+    from ipo_tui.evaluation.pairwise import JUDGES, evaluate, load_pairs
+    from ipo_tui.judge.scoring import Judge
+
+    if judge_name not in JUDGES:
+        raise IpoError(f"unknown judge {judge_name!r}: choose ipo or self-reward")
+    pairs = load_pairs(file, limit)
+    engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter, base_url, concurrency)
+    bar, progress = progress_bar(f"evaluating ({judge_name})")
+    with bar:
+        result = evaluate(pairs, judge_name, Judge(engine, load_config()) if judge_name == "ipo" else None, engine, progress)
+    summary = result.as_dict()
+    for title, scores, counts in (("category", summary["by_category"], result.by_category),
+                                  ("subset", summary["by_subset"], result.by_subset)):
+        table = Table(title, "accuracy", "pairs", title=f"{judge_name} accuracy by {title}", title_justify="left")
+        for name, accuracy in scores.items():
+            table.add_row(name, f"{accuracy:.3f}", str(counts[name][1]))
+        err.print(table) if as_json else out.print(table)
+    extra = (f", mean Yes+No mass {summary['mean_mass']:.3f}" if judge_name == "ipo"
+             else f", {result.parse_failures} of {2 * result.pairs} ratings unparsed")
+    err.print(f"accuracy {result.accuracy:.3f} on {result.pairs} pairs{extra}, {summary['pairs_per_s']:.2f} pairs/s", highlight=False)
+    if as_json:
+        print(json.dumps(summary))
+
+
+def bestofn(
+    prompt: str = typer.Option(..., "--prompt", "-p"), n: int = typer.Option(8, "-n"),
+    category: Optional[str] = typer.Option(None, "--category", "-c"),
+    temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
+    as_json: bool = typer.Option(False, "--json"),
+    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+) -> None:
+    """Sample n answers and pick the best by p'yes, showing every score."""
+    from ipo_tui.evaluation.pairwise import best_of_n
+
+    if not prompt.strip():
+        raise IpoError("--prompt is empty: give the instruction to answer")
+    sampling = sampling_settings(n, temperature, top_p, max_tokens, seed)
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
+                       base_url=base_url, concurrency=concurrency)
+    with err.status(f"sampling {n} answers and judging them"):
+        ranked = best_of_n(judge, prompt, sampling, category)
+    if as_json:
+        for rank, j in enumerate(ranked, 1):
+            print(json.dumps({"rank": rank, "prompt": prompt, **j.as_dict()}, ensure_ascii=False))
+        return
+    out.print(judgement_table(prompt, ranked))
+    out.rule("best answer")
+    out.print(ranked[0].response, highlight=False, markup=False)

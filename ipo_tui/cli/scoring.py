@@ -1,0 +1,121 @@
+"""`ipo score` and `ipo models`: p'yes for candidates given on the command line or in a file, and the
+models ipo knows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ipo_tui.cli.common import (
+    AdapterOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    CtxOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+    err,
+    judgement_table,
+    open_judge,
+    out,
+)
+from ipo_tui.errors import IpoError
+
+models_app = typer.Typer(help="The models ipo knows: the embedded default, registered and recent ones.",
+                         invoke_without_command=True, pretty_exceptions_enable=False)
+
+
+def score(
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The instruction the candidates answer."),
+    response: list[str] = typer.Option([], "--response", "-r", help="A candidate response; repeat for several."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="JSONL of candidates: {\"response\": ..., \"prompt\"?: ...} a line."),
+    category: Optional[str] = typer.Option(None, "--category", "-c", help="chat, code, math, safety, generic (default: routed by keywords)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per candidate instead of a table."),
+    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+) -> None:
+    """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
+    from ipo_tui.judge.scoring import ranked as rank_judgements
+    from ipo_tui.workspace.candidates import Candidate, read_candidates
+
+    candidates = [Candidate(prompt or "", r) for r in response]
+    for i, c in enumerate(candidates, 1):
+        if not c.response.strip():
+            raise IpoError(f"--response number {i} is empty: give each candidate some text")
+    if candidates and not (prompt or "").strip():
+        raise IpoError("--prompt is missing or empty: give the instruction the responses answer")
+    if file is not None:
+        candidates += read_candidates(file, prompt)
+    if not candidates:
+        raise IpoError("no candidates: give --response TEXT (repeatable) or --file candidates.jsonl")
+
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
+                       base_url=base_url, concurrency=concurrency)
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for c in candidates:
+        groups.setdefault((c.prompt, c.category or category), []).append(c.response)
+    for (instruction, cat), responses in groups.items():
+        judgements = judge.score(instruction, responses, cat)
+        for j in judgements:
+            if j.truncated:
+                err.print(f"[yellow]note:[/] {j.truncated}", highlight=False)
+        if any(j.low_mass for j in judgements):
+            err.print(f"[yellow]warning:[/] p(Yes)+p(No) is below {judge.min_mass} for some candidates: "
+                      "the model is not answering Yes/No under this template, so those scores mean little")
+        if any(j.missing for j in judgements):
+            err.print("[yellow]warning:[/] neither Yes nor No was among the server's top logprobs for some "
+                      "candidates: they have no score")
+        ranked = rank_judgements(judgements)
+        if as_json:
+            for rank, j in enumerate(ranked, 1):
+                print(json.dumps({"rank": rank, "prompt": instruction, **j.as_dict()}, ensure_ascii=False))
+        else:
+            out.print(judgement_table(instruction, ranked))
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context) -> None:
+    """List the embedded default, registered models and recently used ones."""
+    if ctx.invoked_subcommand:
+        return
+    from ipo_tui.backends import weights
+
+    table = Table()
+    for col in ("name", "kind", "size", "architecture", "context", "location"):
+        table.add_column(col, overflow="fold")
+    for ref in weights.known():
+        if ref.kind == "missing":
+            table.add_row(ref.name, "[red]missing[/]", "", "", "", ref.location)
+            continue
+        i = weights.info(ref)
+        size = f"{i.size_bytes / 1e6:,.0f} MB" if i.size_bytes else ""
+        table.add_row(ref.name, ref.kind, size, i.architecture or "", str(i.context_length or ""), ref.location)
+    out.print(table)
+
+
+@models_app.command("add")
+def models_add(path: str = typer.Argument(..., help="GGUF file or HF model folder."),
+               name: Optional[str] = typer.Option(None, "--name", help="Name to use with --model (default: the file or folder name).")) -> None:
+    """Register a model under a name."""
+    from ipo_tui.backends import weights
+
+    ref = weights.register(name or Path(path).name, path)
+    out.print(f"registered {ref.name} -> {ref.location}")
+
+
+@models_app.command("remove")
+def models_remove(name: str) -> None:
+    """Forget a registered model (its files stay where they are)."""
+    from ipo_tui.backends import weights
+
+    weights.unregister(name)
+    out.print(f"removed {name}")

@@ -1,0 +1,245 @@
+"""`ipo train ...` and `ipo runs`: LoRA-DPO and SFT runs in a child process, followed from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ipo_tui.cli.common import (
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    ModelOpt,
+    WorkspaceOpt,
+    err,
+    open_store,
+    out,
+    progress_bar,
+    sampling_settings,
+)
+from ipo_tui.errors import IpoError
+
+train_app = typer.Typer(help="LoRA training runs: dpo, sft, resume, stop.", no_args_is_help=True,
+                        pretty_exceptions_enable=False)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML of training settings (see `ipo train defaults`).")
+SetOpt = typer.Option(None, "--set", help="One setting, KEY=VALUE (repeatable), over --config: --set learning_rate=1e-4.")
+LauncherOpt = typer.Option("local", "--launcher", help="local (one process) or accelerate (`accelerate launch`, several GPUs or CPU processes).")
+ProcessesOpt = typer.Option(None, "--processes", help="With --launcher accelerate: processes, one per GPU (default: every GPU; 2 on a CPU).")
+StrategyOpt = typer.Option("ddp", "--strategy", help="With --launcher accelerate: ddp, fsdp or deepspeed (ZeRO-2, where installed).")
+TrainDtypeOpt = typer.Option(None, "--dtype", help="Training precision: auto (bf16 where the CPU or GPU computes it natively, else fp32), fp32, bf16 or fp16; over the config's dtype.")
+DetachOpt = typer.Option(False, "--detach", "-d", help="Start the run and return; follow it in the app or with `ipo runs`.")
+
+
+def overrides(pairs: list[str] | None, dtype: str | None = None) -> dict:
+    """--set KEY=VALUE items (and --dtype) as training settings."""
+    import yaml
+
+    result = {"dtype": dtype} if dtype else {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise IpoError(f"--set {item}: write KEY=VALUE, e.g. --set learning_rate=1e-4")
+        result[key.strip()] = yaml.safe_load(value)
+    return result
+
+
+def follow(run, store) -> None:
+    """A progress bar with loss, margin and accuracy until the run ends; Ctrl-C stops it cleanly."""
+    from rich.progress import TextColumn
+
+    from ipo_tui.training import runner
+
+    bar, _ = progress_bar(run.id, TextColumn("{task.fields[stats]}"), stats="loading model")
+    task = bar.task_ids[0]
+
+    def update(progress: dict, metrics: list[dict]) -> None:
+        stats = bar.tasks[0].fields["stats"]
+        if metrics:
+            m = metrics[-1]
+            stats = f"loss {m['loss']:.4f}"
+            if "rewards/margins" in m:
+                stats += f"  margin {m['rewards/margins']:+.3f}  acc {m['rewards/accuracies']:.2f}"
+        elif progress:
+            stats = "training"
+        bar.update(task, completed=progress.get("step", 0), total=progress.get("max_steps"), stats=stats)
+
+    with bar:
+        run = runner.follow(run, store, update)
+    report(run)
+
+
+def report(run) -> None:
+    from ipo_tui.training import runner
+
+    if run.status == "completed":
+        out.print(f"{run.id} completed: adapter in {run.adapter}")
+    elif run.status == "stopped":
+        out.print(f"{run.id} stopped at step {runner.last_checkpoint_step(run)}; continue with `ipo train resume {run.id}`")
+    else:
+        reason = (run.folder / "error.txt").read_text().strip() if (run.folder / "error.txt").exists() else "see train.log"
+        raise IpoError(f"{run.id} {run.status}: {reason} ({run.folder / 'train.log'}); `ipo train resume {run.id}` retries")
+
+
+def launch(kind: str, data: str, model, config, set_, dtype, detach: bool, workspace, launcher: str, processes,
+           strategy: str) -> None:
+    from ipo_tui.training import runner
+
+    store = open_store(workspace)
+    with err.status("preparing the run") as status:
+        run = runner.prepare(kind, data, model, store, overrides(set_, dtype), config, launcher=launcher, processes=processes,
+                             strategy=strategy,
+                             on_status=status.update)
+    run = runner.launch(run, store)
+    out.print(f"{run.id}: {kind} on {run.config['examples']} examples, folder {run.folder}")
+    if detach:
+        out.print(f"running in the background (pid file {run.folder / 'pid'}); `ipo runs {run.id}` shows it")
+    else:
+        follow(run, store)
+
+
+@train_app.command("dpo")
+def train_dpo(
+    pairs: str = typer.Option("accepted", "--pairs", help="A TRL pair file, or workspace pairs by status: accepted, accepted,edited, accepted@SET."),
+    model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+    dtype: Optional[str] = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
+    launcher: str = LauncherOpt, processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
+) -> None:
+    """Train a LoRA adapter with DPO on chosen/rejected pairs."""
+    launch("dpo", pairs, model, config, set_, dtype, detach, workspace, launcher, processes, strategy)
+
+
+@train_app.command("sft")
+def train_sft(
+    data: str = typer.Option(..., "--data", help="JSONL/JSON/CSV/Parquet with prompt and response (or completion) fields."),
+    model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+    dtype: Optional[str] = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
+    launcher: str = LauncherOpt, processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
+) -> None:
+    """Supervised fine-tuning of a LoRA adapter (the optional first stage)."""
+    launch("sft", data, model, config, set_, dtype, detach, workspace, launcher, processes, strategy)
+
+
+@train_app.command("resume")
+def train_resume(run_id: str, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Continue a stopped, failed or interrupted run from its last checkpoint."""
+    from ipo_tui.training import runner
+
+    store = open_store(workspace)
+    run = runner.resume(run_id, store)
+    out.print(f"{run.id}: resuming from step {runner.last_checkpoint_step(run)}")
+    if not detach:
+        follow(run, store)
+
+
+@train_app.command("stop")
+def train_stop(run_id: str, workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Ask a running run to save a checkpoint and stop."""
+    from ipo_tui.training import runner
+
+    runner.stop(run_id, open_store(workspace))
+    out.print(f"{run_id}: stopping after the current step")
+
+
+@train_app.command("defaults")
+def train_defaults() -> None:
+    """Print the default training settings (YAML) to copy and edit."""
+    from ipo_tui.training.settings import defaults_text
+
+    print(defaults_text(), end="")
+
+
+def runs(run_id: Optional[str] = typer.Argument(None, help="Show one run in detail."),
+         workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Training runs and loop iterations with their last metrics."""
+    from ipo_tui.training import runner
+
+    store = open_store(workspace)
+    if run_id:
+        run = runner.info(store, run_id)
+        metrics = runner.read_metrics(run.folder)
+        out.print(f"{run.id}  {run.kind}  {run.status}  {run.folder}")
+        table = Table("step", "loss", "margin", "accuracy", "lr", "elapsed s")
+        for m in metrics[-20:]:
+            table.add_row(str(m["step"]), f"{m['loss']:.4f}", _fmt(m.get("rewards/margins")),
+                          _fmt(m.get("rewards/accuracies")), f"{m.get('learning_rate', 0):.2e}", f"{m['elapsed_s']:.0f}")
+        out.print(table)
+        return
+    table = Table("run", "kind", "status", "examples", "step", "loss", "margin", "adapter", "started")
+    for run in runner.list_runs(store):
+        metrics = runner.read_metrics(run.folder) if run.kind in ("dpo", "sft") else []
+        last = metrics[-1] if metrics else {}
+        step = f"{last['step']}/{last['max_steps']}" if last else ""
+        table.add_row(run.id, run.kind, run.status, str(run.config.get("examples", "")), step,
+                      _fmt(last.get("loss")), _fmt(last.get("rewards/margins")), "yes" if run.adapter else "",
+                      run.created_at)
+    out.print(table)
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def loop(
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Name of an imported prompt set (a new loop)."),
+    iterations: int = typer.Option(1, "--iterations", "-k", help="Adapters to train, one per iteration."),
+    n: int = typer.Option(4, "-n", help="Candidates per prompt."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts of the set."),
+    resume_id: Optional[str] = typer.Option(None, "--resume", help="Continue this loop where it stopped."),
+    min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
+    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the prompts kept out of training to measure each new policy."),
+    eval_file: Optional[str] = typer.Option(None, "--eval-file", help="Also measure each new policy's p'yes accuracy on this labelled pair file."),
+    eval_limit: int = typer.Option(64, "--eval-limit", help="A fixed sample of N pairs of --eval-file."),
+    temperature: float = typer.Option(0.8, "--temperature"), top_p: float = typer.Option(0.95, "--top-p"),
+    max_tokens: int = typer.Option(256, "--max-tokens"), seed: int = typer.Option(0, "--seed"),
+    backend: str = typer.Option("auto", "--backend", "-b", help="Engine that samples and judges: hf, llamacpp, server, or auto (server with --base-url, llamacpp for GGUF files)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for sampling and judging (default: all cores)."),
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="server: the served model of the policy the loop needs (default: the one the server lists)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model to train: a GGUF file, an HF folder or id (default: the embedded SmolLM2-135M-Instruct). With a server, the local copy of the weights it serves."),
+    config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, dtype: Optional[str] = TrainDtypeOpt,
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Iterate: sample and judge with policy k, build pairs, train adapter k+1 (LoRA-DPO).
+
+    With a server (--base-url), training runs here and each new adapter is handed to the server
+    (vLLM loads it at runtime); other servers get a file to serve and the loop waits for a resume."""
+    from ipo_tui.loop import iterations as loops
+
+    store = open_store(workspace)
+    moved = {"base_url": base_url, "served_model": served_model}  # a resumed server loop's new address or name
+    if resume_id is None:
+        if prompts is None:
+            raise IpoError("give --prompts NAME to start a loop, or --resume LOOP to continue one (`ipo runs` lists them)")
+        if backend == "auto" and base_url:
+            backend = "server"
+        if base_url and backend != "server":
+            raise IpoError(f"--base-url goes with --backend server, not {backend}")
+        resume_id = loops.start(store, prompts, iterations, n, backend, model,
+                                sampling_settings(n, temperature, top_p, max_tokens, seed), min_margin, holdout,
+                                overrides(set_, dtype), config, eval_file, eval_limit, limit, threads,
+                                {**moved, "concurrency": concurrency})
+        moved = {}
+        out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")
+    store.run(resume_id)  # an unknown id fails here, before the progress bar shows
+    bar, progress = progress_bar("working")
+    with bar:
+        def event(message: str) -> None:
+            bar.update(bar.task_ids[0], description=message, completed=0, total=None)
+            bar.console.print(message)
+
+        def train_progress(state: dict, metrics: list[dict]) -> None:
+            stats = f"  loss {metrics[-1]['loss']:.4f}" if metrics else ""
+            bar.update(bar.task_ids[0], completed=state.get("step", 0), total=state.get("max_steps"),
+                       description=f"training{stats}")
+
+        record = loops.run(store, resume_id, event, progress, train_progress, **moved)
+    table = Table("iteration", "pairs", "held-out agreement", "mean p'yes prev → new", "eval acc", "seconds per stage")
+    for it in record["done"]:
+        e = it["eval"]
+        table.add_row(str(it["iteration"]), str(it["pairs"]), _fmt(e.get("held_out_agreement")),
+                      f"{_fmt(e.get('mean_p_yes_previous_samples'))} → {_fmt(e.get('mean_p_yes_new_samples'))}",
+                      _fmt(e.get("eval_file_accuracy")), " ".join(f"{k} {v:.0f}" for k, v in it["seconds"].items()))
+    out.print(table)

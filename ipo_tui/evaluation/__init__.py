@@ -1,0 +1,1 @@
+"""Measuring judges and policies: pairwise accuracy on labelled pairs, template search, best-of-n."""

@@ -1,0 +1,190 @@
+"""generate -> judge -> pair for a prompt set, resumable: each step does only what is missing.
+
+Each prompt's samples, judgements and pair are written in one transaction, so a kill loses at
+most the prompts in flight, and a rerun picks up where the last one stopped. A prompt whose work
+fails (an IpoError: a server that stopped answering, a prompt it refuses) is skipped and reported
+at the end, after the others are done and stored; three failures in a row stop the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ipo_tui.backends.base import Backend, Sampling
+from ipo_tui.errors import IpoError
+from ipo_tui.judge.routing import category_for
+from ipo_tui.judge.scoring import Judge, Judgement
+from ipo_tui.workspace.store import Store
+
+Progress = Callable[[int, int], None]  # (done, total)
+FAILURES_IN_A_ROW = 3  # then the backend is failing everything (a server down): stop asking
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which weights produced a candidate or a judgement: the model plus an adapter ('' for none)."""
+
+    model: str
+    adapter: str = ""
+
+    @property
+    def judge_id(self) -> str:
+        return f"{self.model}+{self.adapter}" if self.adapter else self.model
+
+
+class PartialRun(IpoError):
+    """Some prompts failed; what the others did is stored, so a rerun does only what is missing.
+    `failed` holds (prompt row, reason) for each failed prompt."""
+
+    def __init__(self, step: str, done: str, failed: list, total: int, stopped: bool):
+        self.failed = failed
+        prompt, why = failed[0]
+        text = " ".join(prompt["text"].split())
+        what = (f"stopped after {len(failed)} prompts failed in a row" if stopped
+                else f"{len(failed)} of {total} prompts failed")
+        super().__init__(f"{step}: {what} ({done} stored; rerun to do the rest). First failure, prompt "
+                         f"{prompt['position'] + 1} ({text[:40] + '...' if len(text) > 40 else text!r}): {why}")
+
+
+def _each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[list], int],
+                 per_call: int = 1) -> int:
+    """Sum of work(chunk) over consecutive chunks of `per_call` prompts (how many `noun` it stored);
+    a failing chunk's prompts are skipped and reported at the end."""
+    done, failed, in_a_row, prompts = 0, [], 0, list(prompts)
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start:start + per_call]
+        count = start + len(chunk)
+        try:
+            done += work(chunk)
+            in_a_row = 0
+        except IpoError as exc:
+            failed += [(prompt, str(exc)) for prompt in chunk]
+            in_a_row += 1
+            if in_a_row >= FAILURES_IN_A_ROW:
+                raise PartialRun(step, f"{done} new {noun}", failed, len(prompts), stopped=True) from exc
+        progress(count, len(prompts))
+    if failed:
+        raise PartialRun(step, f"{done} new {noun}", failed, len(prompts), stopped=False)
+    return done
+
+
+def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sampling: Sampling,
+             progress: Progress = lambda done, total: None) -> int:
+    """Sample until every prompt has `n` candidates from `policy`; returns how many were added.
+    Prompts go to the backend as many at a time as its batch holds (`generate_rows`)."""
+    def some(chunk) -> int:
+        todo = []
+        for prompt in chunk:
+            missing = sorted(set(range(n)) - store.sample_indices(prompt["id"], policy.model, policy.adapter))
+            if missing:
+                # the seed depends on the prompt and sample only: engines that seed each sample
+                # (llama.cpp, servers) sample the same texts when a run resumes
+                todo.append((prompt, missing, sampling.seed + 1009 * prompt["position"] + missing[0]))
+        if not todo:
+            return 0
+        results = backend.generate_many([
+            ([{"role": "user", "content": prompt["text"]}],
+             Sampling(len(missing), sampling.temperature, sampling.top_p, sampling.max_tokens, seed))
+            for prompt, missing, seed in todo])
+        for (prompt, missing, seed), texts in zip(todo, results):
+            store.add_candidates(prompt["id"], policy.model, policy.adapter, _settings(sampling),
+                                 [(index, seed + i, text) for i, (index, text) in enumerate(zip(missing, texts))])
+        return sum(len(missing) for _, missing, _ in todo)
+
+    return _each_prompt("generate", "candidates", prompts, progress, some, max(1, backend.generate_rows // n))
+
+
+def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
+          progress: Progress = lambda done, total: None) -> int:
+    """Score every candidate of `policy` that `judge`'s policy has not scored yet; returns how many
+    were stored. A judgement with no Yes/No among a server's top logprobs is not stored (it has no
+    score): `judge.missing` counts those."""
+    judge_id = policy_of(judge.backend).judge_id
+
+    def one(prompt) -> int:
+        rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter)
+                if r["p_yes"] is None and r["text"].strip()]
+        if not rows:
+            return 0
+        results = judge.score(prompt["text"], [r["text"] for r in rows],
+                              category or category_for(prompt["category"], prompt["text"]))
+        scored = [(r["candidate_id"], j) for r, j in zip(rows, results) if not j.missing]
+        store.add_judgements(judge_id, scored)
+        return len(scored)
+
+    return _each_prompt("judge", "judgements", prompts, progress, lambda chunk: sum(map(one, chunk)))
+
+
+@dataclass
+class PairReport:
+    proposed: int = 0
+    too_close: int = 0  # margin below the threshold, ties included
+    too_few: int = 0  # fewer than two judged candidates
+
+
+def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin: float) -> PairReport:
+    """chosen = highest p'yes, rejected = lowest; pairs closer than `min_margin` (or tied) are dropped."""
+    report = PairReport()
+    for prompt in prompts:
+        rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter) if r["p_yes"] is not None]
+        if len(rows) < 2:
+            report.too_few += 1
+            continue
+        best = max(rows, key=lambda r: r["p_yes"])
+        worst = min(rows, key=lambda r: r["p_yes"])
+        margin = best["p_yes"] - worst["p_yes"]
+        if margin <= 0 or margin < min_margin:
+            report.too_close += 1
+            continue
+        store.propose_pair(prompt["id"], judge_id, best["candidate_id"], worst["candidate_id"], margin)
+        report.proposed += 1
+    return report
+
+
+def policy_of(backend: Backend) -> Policy:
+    return Policy(backend.ref.identity, backend.adapter)
+
+
+def _settings(sampling: Sampling) -> dict:
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+
+
+LAB_SET = "lab"  # the prompt set that pairs scored by hand join
+
+
+@dataclass(frozen=True)
+class ScoredCandidate:
+    """A candidate scored outside a pipeline run (the app's score lab), with where it came from."""
+
+    text: str
+    model: str  # the model that generated it, or "typed"
+    adapter: str
+    seed: int
+    judgement: Judgement
+
+
+def save_scored_pair(store: Store, judge: Judge, instruction: str, category: str, candidates: list[ScoredCandidate],
+                     positions: list[int], best: int, worst: int) -> tuple[int, str]:
+    """Store every candidate (sample index = its position where free), its judgement, and
+    (candidates[best], candidates[worst]) as an accepted pair in the LAB_SET prompt set."""
+    judge_id = policy_of(judge.backend).judge_id
+    prompt_id = store.add_prompt(LAB_SET, instruction, category, source="score lab")
+    taken: dict[tuple[str, str], set[int]] = {}
+    placed = []  # (model, adapter, sample_index) of each candidate
+    for position, c in zip(positions, candidates):
+        used = taken.setdefault((c.model, c.adapter), store.sample_indices(prompt_id, c.model, c.adapter))
+        index = position
+        while index in used:
+            index += 1
+        used.add(index)
+        placed.append((c.model, c.adapter, index))
+        store.add_candidates(prompt_id, c.model, c.adapter, {"source": "score lab"}, [(index, c.seed, c.text)])
+    ids = {(r["model"], r["adapter"], r["sample_index"]): r["id"] for r in store.candidates(prompt_id)}
+    cid = [ids[key] for key in placed]
+    store.add_judgements(judge_id, [(i, c.judgement) for i, c in zip(cid, candidates)])
+    margin = candidates[best].judgement.p_yes - candidates[worst].judgement.p_yes
+    store.propose_pair(prompt_id, judge_id, cid[best], cid[worst], margin)
+    [pair_id] = [r["id"] for r in store.pairs(set_name=LAB_SET, judge=judge_id) if r["prompt_id"] == prompt_id]
+    store.set_pair_status(pair_id, "accepted")
+    return pair_id, LAB_SET

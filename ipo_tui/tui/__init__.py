@@ -1,0 +1,1 @@
+"""The Textual app: the only place in ipo_tui that imports Textual."""

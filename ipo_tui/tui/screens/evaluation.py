@@ -1,0 +1,291 @@
+"""Evaluation: pairwise accuracy of the loaded model as a judge on a RewardBench-format file,
+IPO (p'yes) and the self-rewarding baseline side by side, per category, with a bar chart."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Input, Label, ProgressBar, Select
+from textual.worker import get_current_worker
+from textual_plotext import PlotextPlot
+
+from ipo_tui.errors import IpoError
+from ipo_tui.tui.screens.base import ModeScreen
+
+JUDGE_CHOICES = {"ipo": ("ipo",), "self-reward": ("self-reward",), "both": ("ipo", "self-reward")}
+LABELS = {"ipo": "IPO", "self-reward": "self-reward"}
+
+
+class EvalProgress(Message):
+    def __init__(self, judge: str, done: int, total: int) -> None:
+        super().__init__()
+        self.judge, self.done, self.total = judge, done, total
+
+
+class EvalResultMessage(Message):
+    def __init__(self, result) -> None:
+        super().__init__()
+        self.result = result
+
+
+class EvalDone(Message):
+    def __init__(self, error: str | None = None, cancelled: bool = False) -> None:
+        super().__init__()
+        self.error, self.cancelled = error, cancelled
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Locked:
+    """A judge or backend whose one busy method holds the engine lock for each call."""
+
+    def __init__(self, inner, lock, method: str) -> None:
+        self._inner, self._lock, self._method = inner, lock, method
+
+    def __getattr__(self, name: str):
+        value = getattr(self._inner, name)
+        if name != self._method:
+            return value
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return value(*args, **kwargs)
+
+        return locked
+
+
+def default_eval_file() -> str:
+    """The file of the last evaluation run (the config's `eval: file`), else none."""
+    from ipo_tui.config import load_config
+
+    try:
+        return str((load_config().get("eval") or {}).get("file") or "")
+    except IpoError:
+        return ""
+
+
+def remember_eval_file(path: str) -> None:
+    from ipo_tui.config import load_config, save_config
+
+    try:
+        config = load_config()
+    except IpoError:
+        return  # a broken config is the user's to fix; it is not overwritten
+    if (config.get("eval") or {}).get("file") != path:
+        config.setdefault("eval", {})["file"] = path
+        save_config(config)
+
+
+class EvalScreen(ModeScreen):
+    CSS_PATH = "evaluation.tcss"
+
+    MODE = "eval"
+    BINDINGS = [
+        Binding("ctrl+r", "run_eval", "Run"),
+        Binding("ctrl+t", "cancel", "Stop"),
+    ]
+    HELP = """\
+| key | what |
+| --- | --- |
+| `ctrl+r` (or enter in a field) | evaluate the loaded model on the file |
+| `ctrl+t` | stop after the pair in flight |
+
+The file holds RewardBench-format pairs (`prompt`, `chosen`, `rejected`, `subset`, optional
+`category`), JSONL, JSON, CSV or Parquet. *limit* takes a fixed sample spread over the file
+(0: all of it). A pair counts as right when the chosen answer scores strictly higher: ties are
+wrong. The self-reward judge makes the model write a 0–5 rating (slow: it generates), and
+a rating it cannot parse counts as wrong. Choosing *both* shows them side by side.
+"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: dict = {}  # judge name -> EvalResult of the last run
+        self.running = False
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="eval-form", classes="row"):
+            yield Label("file", classes="inline-label")
+            yield Input(self._initial_file(), placeholder="a RewardBench-format JSONL of pairs (prompt, chosen, rejected, subset), e.g. rewardbench-dev.jsonl",
+                        id="eval-file")
+            yield Label("limit", classes="inline-label")
+            yield Input("50", id="eval-limit", type="integer", max_length=6)
+            yield Label("judge", classes="inline-label")
+            yield Select([(k, k) for k in JUDGE_CHOICES], value="ipo", allow_blank=False, id="eval-judge")
+        with Horizontal(id="eval-progress-row", classes="row"):
+            yield Label("", id="eval-progress-label")
+            yield ProgressBar(id="eval-progress", show_eta=False)
+        with Horizontal(id="eval-body"):
+            with Vertical(id="eval-left"):
+                yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
+            yield PlotextPlot(id="eval-plot")
+
+    def _initial_file(self) -> str:
+        given = self.app.eval_file
+        return default_eval_file() if given is None else given
+
+    def on_mount(self) -> None:
+        table = self.query_one("#eval-table", DataTable)
+        table.add_column("category", key="category", width=12)
+        table.add_column("pairs", key="pairs", width=5)
+        table.add_column("IPO", key="ipo", width=7)
+        table.add_column("self-reward", key="self-reward", width=11)
+        self.query_one("#eval-progress-label", Label).update("not run yet")
+        self.query_one("#eval-progress", ProgressBar).update(total=1, progress=0)
+        self._draw()
+        self.set_status("ctrl+r evaluates the loaded model on the file")
+
+    @on(Input.Submitted)
+    def action_run_eval(self) -> None:
+        if self.running:
+            self.set_status("an evaluation is running; ctrl+t stops it", "yellow")
+            return
+        if self.app.engine is None:
+            self.error("load a model first (F2)", "evaluation")
+            return
+        source = self.query_one("#eval-file", Input).value.strip()
+        if not source:
+            self.error("give a RewardBench-format file of pairs", "evaluation")
+            return
+        try:
+            limit = int(self.query_one("#eval-limit", Input).value or 0)
+        except ValueError:
+            limit = 0
+        judges = JUDGE_CHOICES[self.query_one("#eval-judge", Select).value]
+        if self.app.eval_file is None:  # the app was not given a file: the next start offers this one
+            remember_eval_file(source)
+        self.results = {}
+        self._fill_table()
+        self._draw()
+        self.running = True
+        self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#eval-progress-label", Label).update("reading the file…")
+        self.set_status("evaluating…")
+        self.eval_worker(source, limit or None, judges)
+
+    def action_cancel(self) -> None:
+        if self.running:
+            self.workers.cancel_group(self, "eval")
+            self.set_status("stopping after the pair in flight…", "yellow")
+
+    @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
+    def eval_worker(self, source: str, limit: int | None, judges: tuple[str, ...]) -> None:
+        from ipo_tui.evaluation.pairwise import evaluate, load_pairs
+
+        worker = get_current_worker()
+        try:
+            pairs = load_pairs(source, limit)
+            for name in judges:
+                def progress(done: int, total: int, name=name) -> None:
+                    if worker.is_cancelled:
+                        raise _Cancelled
+                    self.post_message(EvalProgress(name, done, total))
+
+                self.post_message(EvalProgress(name, 0, len(pairs)))
+                lock = self.app.engine_lock  # taken per pair, so the score lab can work in between
+                if name == "ipo":
+                    result = evaluate(pairs, "ipo", judge=Locked(self.app.judge, lock, "score"), progress=progress)
+                else:
+                    result = evaluate(pairs, "self-reward", backend=Locked(self.app.engine, lock, "generate"),
+                                      progress=progress)
+                self.post_message(EvalResultMessage(result))
+        except _Cancelled:
+            self.post_message(EvalDone(cancelled=True))
+            return
+        except IpoError as exc:
+            self.post_message(EvalDone(error=str(exc)))
+            return
+        except Exception as exc:
+            self.post_message(EvalDone(error=f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(EvalDone())
+
+    def on_eval_progress(self, message: EvalProgress) -> None:
+        self.query_one("#eval-progress", ProgressBar).update(total=message.total, progress=message.done)
+        self.query_one("#eval-progress-label", Label).update(f"{LABELS[message.judge]}: {message.done}/{message.total}")
+
+    def on_eval_result_message(self, message: EvalResultMessage) -> None:
+        self.results[message.result.judge] = message.result
+        self._fill_table()
+        self._draw()
+
+    def on_eval_done(self, message: EvalDone) -> None:
+        self.running = False
+        if message.error:
+            self.error(message.error, "evaluation")
+            self.query_one("#eval-progress-label", Label).update("failed")
+            return
+        if message.cancelled:
+            self.set_status("evaluation stopped", "yellow")
+            self.query_one("#eval-progress-label", Label).update("stopped")
+            return
+        self.set_status(self.summary(), "green")
+
+    def summary(self) -> str:
+        parts = []
+        for name, result in self.results.items():
+            summary = result.as_dict()
+            extra = ""
+            if name == "ipo" and summary["mean_mass"] is not None:
+                extra = f", mean Yes+No mass {summary['mean_mass']:.3f}"
+            elif name == "self-reward":
+                extra = f", {result.parse_failures} of {2 * result.pairs} ratings unparsed"
+            parts.append(f"{LABELS[name]} accuracy {result.accuracy:.3f} on {result.pairs} pairs{extra}")
+        return "; ".join(parts) or "no results"
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def categories(self) -> list[str]:
+        names: set[str] = set()
+        for result in self.results.values():
+            names.update(result.by_category)
+        return sorted(names)
+
+    def _fill_table(self) -> None:
+        table = self.query_one("#eval-table", DataTable)
+        table.clear()
+        if not self.results:
+            return
+
+        def cell(name: str, category: str | None):
+            result = self.results.get(name)
+            if result is None:
+                return Text("—", style="dim")
+            if category is None:
+                return Text(f"{result.accuracy:.3f}", style="bold")
+            correct, total = result.by_category.get(category, (0, 0))
+            return f"{correct / total:.3f}" if total else "—"
+
+        for category in self.categories():
+            total = max(r.by_category.get(category, (0, 0))[1] for r in self.results.values())
+            table.add_row(category, str(total), cell("ipo", category), cell("self-reward", category))
+        pairs = max(r.pairs for r in self.results.values())
+        table.add_row(Text("all", style="bold"), str(pairs), cell("ipo", None), cell("self-reward", None))
+
+    def _draw(self) -> None:
+        plot = self.query_one(PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("pairwise accuracy by category")
+        categories = self.categories()
+        if categories:
+            names = [n for n in ("ipo", "self-reward") if n in self.results]
+            series = []
+            for name in names:
+                result = self.results[name]
+                series.append([result.by_category[c][0] / result.by_category[c][1] if result.by_category.get(c, (0, 0))[1] else 0.0
+                               for c in categories])
+            if len(series) == 1:
+                plt.bar(categories, series[0], label=LABELS[names[0]], width=0.4)
+            else:
+                plt.multiple_bar(categories, series, labels=[LABELS[n] for n in names], width=0.3)
+            plt.hline(0.5)
+        plt.ylim(0, 1)
+        plt.yticks([0, 0.25, 0.5, 0.75, 1.0])
+        plot.refresh()

@@ -1,0 +1,201 @@
+"""Runs: every training run of the workspace with its status and last metrics; open one in the
+training dashboard, stop or resume it, or load its adapter into the scoring backend."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable
+
+from ipo_tui.errors import IpoError
+from ipo_tui.tui.screens.base import ModeScreen
+from ipo_tui.tui.screens.train import runner
+
+STATUS_STYLE = {"running": "yellow", "completed": "green", "failed": "red", "interrupted": "red",
+                "stopped": "cyan", "waiting": "magenta", "created": "dim"}
+REFRESH_S = 2.0
+
+
+class RunsRead(Message):
+    def __init__(self, last: dict[str, dict]) -> None:
+        super().__init__()
+        self.last = last
+
+
+def run_model_ref(run, engine):
+    """The model a run trained: the loaded engine's when it is the same weights, else the run's."""
+    from ipo_tui.backends import weights
+
+    identity = run.config.get("model_identity")
+    if engine is not None and engine.ref.identity == identity:
+        return engine.ref
+    if identity == weights.EMBEDDED_FILE:
+        return weights.resolve(None)
+    try:
+        return weights.resolve(identity)
+    except IpoError:
+        return weights.resolve(run.config.get("model"))
+
+
+class RunsScreen(ModeScreen):
+    CSS_PATH = "runs.tcss"
+
+    MODE = "runs"
+    BINDINGS = [
+        Binding("enter", "open", "Show"),
+        Binding("l", "load_adapter", "Load adapter"),
+        Binding("t", "stop", "Stop"),
+        Binding("g", "resume", "Resume"),
+        Binding("f5,ctrl+r", "refresh", "Refresh", show=False),
+    ]
+    HELP = """\
+| key | what |
+| --- | --- |
+| `enter` | show the run in the training dashboard (F6) |
+| `l` | load the run's adapter on top of its model into the scoring backend |
+| `t` / `g` | stop / resume the run |
+
+The list is reread every two seconds; the status comes from the workspace, the metrics from
+each run's folder.
+"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list = []
+        self.last: dict[str, dict] = {}
+
+    def compose_body(self) -> ComposeResult:
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for key, label, width in (("id", "run", 10), ("kind", "kind", 4), ("status", "status", 11),
+                                  ("created", "created", 16), ("step", "step", 9), ("loss", "loss", 7),
+                                  ("margin", "margin", 7), ("acc", "accuracy", 8), ("examples", "pairs", 5),
+                                  ("adapter", "adapter", 7), ("source", "data", 17)):
+            table.add_column(label, key=key, width=width)
+        if runner() is None:
+            self.set_status("the training runner (ipo_tui.training.runner) is not installed", "yellow")
+            return
+        self.action_refresh()
+        self.set_interval(REFRESH_S, self.action_refresh)
+        table.focus()
+
+    def on_screen_resume(self) -> None:
+        if self.is_mounted and runner() is not None:
+            self.action_refresh()
+
+    def action_refresh(self) -> None:
+        module = runner()
+        if module is None:
+            return
+        try:
+            self.runs = module.list_runs(self.app.store)
+        except IpoError as exc:
+            self.error(str(exc), "runs")
+            return
+        self._fill()
+        self.read_worker([(r.id, r.folder) for r in self.runs])
+
+    @work(thread=True, exclusive=True, group="runs-read", exit_on_error=False)
+    def read_worker(self, runs: list) -> None:
+        module = runner()
+        last = {}
+        for run_id, folder in runs:
+            try:
+                metrics = module.read_metrics(folder)
+            except Exception:
+                metrics = []
+            if metrics:
+                last[run_id] = metrics[-1]
+        self.post_message(RunsRead(last))
+
+    def on_runs_read(self, message: RunsRead) -> None:
+        if message.last != self.last:
+            self.last = message.last
+            self._fill()
+
+    def _fill(self) -> None:
+        table = self.query_one(DataTable)
+        keep = self.current()
+        table.clear()
+
+        def number(value, fmt: str):
+            return "—" if value is None else format(value, fmt)
+
+        for run in self.runs:
+            m = self.last.get(run.id, {})
+            step = f"{m['step']}/{m.get('max_steps', '?')}" if m else "—"
+            table.add_row(
+                run.id, run.kind, Text(run.status, style=STATUS_STYLE.get(run.status, "")), str(run.created_at)[:16].replace("T", " "),
+                step, number(m.get("loss"), ".4f"), number(m.get("rewards/margins"), ".3f"),
+                number(m.get("rewards/accuracies"), ".2f"), str(run.config.get("examples", "")),
+                "yes" if getattr(run, "adapter", None) or (run.folder / "adapter").is_dir() else "—",
+                str(run.config.get("data_source", ""))[:17], key=run.id)
+        if keep is not None and keep.id in {r.id for r in self.runs}:
+            table.move_cursor(row=table.get_row_index(keep.id), animate=False)
+        running = sum(r.status == "running" for r in self.runs)
+        self.set_status(f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''}, {running} running" if self.runs else
+                        "no runs yet: start one on the training screen (F6)")
+
+    def current(self):
+        table = self.query_one(DataTable)
+        if not self.runs or not 0 <= table.cursor_row < len(self.runs) or table.row_count != len(self.runs):
+            return None
+        return self.runs[table.cursor_row]
+
+    @on(DataTable.RowSelected)
+    def action_open(self) -> None:
+        run = self.current()
+        if run is None:
+            return
+
+        async def go() -> None:
+            await self.app.switch_mode("train")
+            self.app.screen.show(run)
+
+        self.app.call_later(go)
+
+    def action_stop(self) -> None:
+        run = self.current()
+        if run is None:
+            return
+        try:
+            runner().stop(run.id, self.app.store)
+        except (IpoError, OSError) as exc:
+            self.error(str(exc), "stop")
+            return
+        self.set_status(f"asked {run.id} to save a checkpoint and stop", "yellow")
+
+    def action_resume(self) -> None:
+        run = self.current()
+        if run is None:
+            return
+        try:
+            runner().resume(run.id, self.app.store)
+        except (IpoError, OSError) as exc:
+            self.error(str(exc), "resume")
+            return
+        self.action_refresh()
+        self.set_status(f"resumed {run.id}", "green")
+
+    def action_load_adapter(self) -> None:
+        run = self.current()
+        if run is None:
+            return
+        adapter = run.folder / "adapter"
+        if not adapter.is_dir():
+            self.error(f"{run.id} has no adapter yet (it is written when the run completes)", "load adapter")
+            return
+        app = self.app
+        try:
+            ref = run_model_ref(run, app.engine)
+        except IpoError as exc:
+            self.error(str(exc), "load adapter")
+            return
+        backend = app.engine.capabilities.backend if app.engine is not None else app.backend_name
+        app.load_engine(backend, ref, {"adapter": str(adapter)})
+        self.set_status(f"loading {ref.name} + {run.id}'s adapter on {backend}…", "yellow")

@@ -1,6 +1,0 @@
-"""Widgets of the Textual app (Textual may be imported here, nowhere else in the core)."""
-
-from ipo_tui.widgets.nav import NavBar
-from ipo_tui.widgets.scorebar import ScoreBar, bar_text
-
-__all__ = ["NavBar", "ScoreBar", "bar_text"]
