@@ -6,6 +6,8 @@ inherit it. Without it, what a user needs comes as ipo's own one-line warnings a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 ENV = "IPO_VERBOSE"
@@ -26,3 +28,8 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
     if not verbose():
         hf_logging.set_verbosity_error()
+
+
+def quiet_stderr():
+    """A block whose writes to sys.stderr are dropped unless verbose (for a library's own progress bars)."""
+    return contextlib.nullcontext() if verbose() else contextlib.redirect_stderr(io.StringIO())

