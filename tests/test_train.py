@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +107,26 @@ def test_dpo_on_cpu_projects_only_completion_tokens():
     assert "compact = _use_triton(hidden_states.device)" in inspect.getsource(utils.add_fused_lm_head)
     trainer._score_completions_only()
     assert utils._use_triton(torch.device("cpu"))
+
+
+def test_a_model_without_a_chat_template_trains_on_text(store, pair_file, tiny_model, tmp_path):
+    # a base model (Gemma 270M base, say) has no chat template: its pairs are trained as the text
+    # its generation used (plain_chat), not refused by the tokenizer
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "tiny-base"
+    shutil.copytree(tiny_model, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(base)
+    assert not runner._has_chat_template(base) and runner._has_chat_template(Path(tiny_model))
+    run = runner.follow(runner.start("dpo", pair_file, str(base), dict(FAST, epochs=1), store), store)
+    assert run.status == "completed", runner.log_tail(run.folder)
+    first = json.loads((run.folder / "data.jsonl").read_text().splitlines()[0])
+    assert first["prompt"] == "User: What is 2+2?\n\nAssistant:" and first["chosen"] == "4."
 
 
 def test_stop_then_kill_then_resume(store, pair_file, tiny_model):

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ipo_tui.backends import weights
+from ipo_tui.backends.base import plain_chat
 from ipo_tui.errors import IpoError
 from ipo_tui.training import settings as train_settings
 from ipo_tui.training.trainer import latest_checkpoint, precision, read_jsonl
@@ -70,6 +71,8 @@ def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, 
         rows = _pairs(data, store) if kind == "dpo" else _sft_rows(data)
     ref = weights.resolve(model)
     location = str(weights.materialize_gguf(ref.path, on_status)) if ref.kind == "gguf" else ref.location
+    if ref.kind != "hub" and not _has_chat_template(Path(location)):
+        rows = [_plain_text(row) for row in rows]  # a base model: the same rendering its generation used
     run_id = run_id or _new_id(store, kind)
     folder = store.path.parent / "runs" / run_id
     if folder.exists() and any(folder.iterdir()):
@@ -282,6 +285,24 @@ def _pairs(source: str, store: Store) -> list[dict]:
         raise IpoError(f"no {'/'.join(wanted)} pairs{where} in {store.path}; build and curate some "
                        "(`ipo pairs build`, `ipo pairs list`) or pass --pairs proposed")
     return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pair_records(stored, "trl", conversational=True)]
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
+def _plain_text(row: dict) -> dict:
+    """A conversational row as text, for a model without a chat template: the prompt rendered as
+    the backends render it for such a model (plain_chat), each answer as its text."""
+    def text(key, value):
+        if not isinstance(value, list):
+            return value
+        return plain_chat(value) if key == "prompt" else "".join(m["content"] for m in value)
+
+    return {key: text(key, value) for key, value in row.items()}
 
 
 def _turns(where: str, row: dict, key: str):
