@@ -162,4 +162,4 @@ def models_install(name: str = typer.Argument(..., help="A name from `ipo models
                 bar.update(task, description=f"{name}: assembling and checking", completed=done, total=total)
 
         path = catalogue.install(e, progress)
-    out.print(f"installed {name} ({e.licence}): {path}; use it with -m {name}")
+    out.print(f"installed {name} ({e.title}; {e.licence}): {path}; use it with -m {name}")
