@@ -58,24 +58,48 @@ def test_eval_json_reports_accuracy_by_category(user_dirs, tmp_path, judge):
         assert 0 <= summary["parse_failures"] <= 6
 
 
-def test_prompt_search_saves_best_template(user_dirs, tmp_path):
+def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS if p["category"] == "math") * 2)
+    pairs.write_text("".join(json.dumps({**p, "prompt": f"{p['prompt']} ({i})"}) + "\n"
+                             for i in range(4) for p in PAIRS if p["category"] == "math"))
     candidates = tmp_path / "t.yaml"
     candidates.write_text(yaml.safe_dump({"math": [
         {"name": "terse", "user": "{instruction}\n{response}\nCorrect? Yes or No."},
-        {"name": "strict", "user": "Check the arithmetic.\nProblem: {instruction}\nAnswer: {response}\nIs it right? Yes or No."},
+        {"name": "wrong", "user": "Problem: {instruction}\nAnswer: {response}\nIs there a mistake? Yes or No.",
+         "polarity": "negative"},
     ]}))
-    result = ipo("prompts", "search", str(pairs), "--candidates", str(candidates), "-b", "llamacpp", env_dirs=user_dirs)
+    result = ipo("prompts", "search", str(pairs), "--candidates", str(candidates), "--folds", "2", "--no-pairwise",
+                 "--json", "-b", "llamacpp", env_dirs=user_dirs)
     assert result.returncode == 0, result.stderr
-    assert "terse" in result.stdout and "strict" in result.stdout
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    names = [t["technique"] for t in report["techniques"]["math"]]
+    assert names[0] == "plain (terse)" and "negative: wrong" in names and names[-1] == "search, cross-validated"
+    assert report["pairs"] == 4 and set(report["routers"]) == {"keyword", "model"}
     config = yaml.safe_load((user_dirs / "config" / "config.yaml").read_text())
-    best = config["judge"]["category_templates"]["math"]
-    assert best in ("terse", "strict") and "{response}" in config["templates"][best]["user"]
+    [saved] = config["judge"]["models"].values()
+    assert set(saved["categories"]["math"]["templates"]) <= {"terse", "wrong"}
+    assert config["templates"]["wrong"]["polarity"] == "negative"
+    # the saved setting is what `ipo eval` then judges with
+    result = ipo("eval", str(pairs), "--json", "-b", "llamacpp", env_dirs=user_dirs)
+    assert json.loads(result.stdout.strip().splitlines()[-1])["judge_settings"]["categories"]["math"]["templates"] == \
+        saved["categories"]["math"]["templates"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"math": [{"name": "x", "user": "no placeholders"}]}))
     result = ipo("prompts", "search", str(pairs), "--candidates", str(bad), "-b", "llamacpp", env_dirs=user_dirs)
     assert result.returncode == 1 and "lacks the placeholder" in result.stderr
+
+
+def test_pairwise_eval_measures_and_warns_about_position(user_dirs, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    result = ipo("eval", str(path), "--judge-mode", "pairwise", "--json", "-b", "llamacpp", env_dirs=user_dirs)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["position"]["comparisons"] == 3 and summary["judge_settings"]["mode"] == "pairwise"
+    # the embedded model answers A whichever reply comes first (README): the command says so
+    assert summary["position"]["consistent"] < 0.5 and "use the pointwise judge" in result.stderr
+    result = ipo("eval", str(path), "--judge-mode", "sideways", "-b", "llamacpp", env_dirs=user_dirs)
+    assert result.returncode == 1 and "choose pointwise or pairwise" in result.stderr
 
 
 def test_bestofn_ranks_sampled_answers(user_dirs):

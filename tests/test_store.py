@@ -148,3 +148,48 @@ def test_prompts_added_one_at_a_time_join_one_set(store):
     assert [(r["id"], r["position"], r["text"], r["category"]) for r in rows] == [
         (first, 0, "Name a color.", "chat"), (second, 1, "What is 2 + 2?", "math")]
     assert [(s["name"], s["source"], s["prompts"]) for s in store.prompt_sets()] == [("lab", "score lab", 2)]
+
+
+def test_person_agreement_per_judge_and_category(store):
+    from ipo_tui.evaluation.agreement import person_agreement
+
+    store.add_prompt_set("s", "test", [{"text": f"q{i}"} for i in range(6)])
+    ids = []
+    for prompt in store.prompts("s"):
+        store.add_candidates(prompt["id"], "m", "", {}, [(0, 0, "a"), (1, 1, "b")])
+        a, b = store.candidates(prompt["id"])
+        judge = "m#pmi" if prompt["position"] == 5 else "m"
+        store.add_judgements(judge, [(a["id"], _judgement(0.9)), (b["id"], _judgement(0.1))],
+                             {"categories": {"chat": {"templates": ["chat"], "pmi": 1.0}}} if judge != "m" else None)
+        store.propose_pair(prompt["id"], judge, a["id"], b["id"], 0.8)
+    ids = [p["id"] for p in store.pairs()]
+    store.set_pair_status(ids[:2], "accepted")  # agreed twice
+    store.swap_pair(ids[2])  # disagreed once
+    store.set_pair_status(ids[3], "rejected")  # neither reply: not an order check
+    store.set_pair_status(ids[4], "accepted", bulk=True)  # a bulk accept checks nothing
+    store.set_pair_status(ids[5], "accepted")
+    rows = {(a.judge, a.category): a for a in person_agreement(store)}
+    plain = rows[("m", "chat")]
+    assert (plain.accept, plain.swap, plain.reject, plain.checked) == (2, 1, 1, 3)
+    assert plain.rate == pytest.approx(2 / 3) and plain.interval95[0] < 2 / 3 < plain.interval95[1]
+    other = rows[("m#pmi", "chat")]
+    assert other.accept == 1 and other.rate == 1.0 and "pmi 1" in other.settings and plain.settings == "plain recipe"
+
+
+def test_a_schema_1_workspace_keeps_its_curation(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + ";PRAGMA user_version=1;")
+    db.execute("INSERT INTO prompt_sets (name, created_at) VALUES ('s', 'now')")
+    db.execute("INSERT INTO prompts (set_id, position, text) VALUES (1, 0, 'q')")
+    for i in (0, 1):
+        db.execute("INSERT INTO candidates (prompt_id, text, model, sample_index, seed, sampling, created_at) "
+                   f"VALUES (1, 't{i}', 'm', {i}, 0, '{{}}', 'now')")
+    db.execute("INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at) "
+               "VALUES (1, 1, 2, 'm', 0.5, 'accepted', 'now')")
+    db.commit()
+    db.close()
+    store = Store(path)
+    [pair] = store.pairs()
+    assert pair["status"] == "accepted" and [r["curation"] for r in store.curation_counts()] == ["accept"]
+    store.close()

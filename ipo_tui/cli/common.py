@@ -27,6 +27,10 @@ BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server 
 ConcurrencyOpt = typer.Option(4, "--concurrency", help="server: requests in flight at most.")
 AdapterOpt = typer.Option(None, "--adapter", help="A trained LoRA adapter folder (e.g. runs/dpo-001/adapter) on top of the model.")
 PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for quantized models up to 400M parameters).")
+JudgeModeOpt = typer.Option(None, "--judge-mode", help="pointwise (p'yes of each reply) or pairwise (A or B, both orders; pair-only uses). Default: the config's, else pointwise.")
+RouterOpt = typer.Option(None, "--router", help="keyword or model (the model's own next-token choice among the categories). Default: the config's, else keyword.")
+CalibrateOpt = typer.Option(None, "--calibrate/--no-calibrate", help="Subtract a content-free reply's score, so that it scores p'yes 0.5: rankings stay, thresholds such as --min-margin mean the same across prompts. Default: the config's, else off.")
+PlainOpt = typer.Option(False, "--judge-plain", help="The paper's recipe: each category's own template alone, ignoring the settings saved for this model.")
 SampleN = typer.Option(4, "-n", help="Candidates per prompt.")
 TemperatureOpt = typer.Option(0.8, "--temperature")
 TopPOpt = typer.Option(0.95, "--top-p")
@@ -63,13 +67,13 @@ def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=N
 
 def open_judge(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
                score_precision: str = "auto", config: dict | None = None, adapter: str | None = None,
-               base_url: str | None = None, concurrency: int = 4):
-    """A Judge on a freshly loaded backend, with the user's templates and thresholds."""
-    from ipo_tui.config import load_config
-    from ipo_tui.judge.scoring import Judge
+               base_url: str | None = None, concurrency: int = 4, flags: dict | None = None):
+    """A Judge on a freshly loaded backend, with the user's templates and settings (those saved for
+    this model included), and a command's --judge-* `flags` on top."""
+    from ipo_tui.judge.scoring import configured_judge
 
     engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter, base_url, concurrency)
-    return Judge(engine, load_config() if config is None else config)
+    return configured_judge(engine, flags, config)
 
 
 def open_store(workspace: Path | None):

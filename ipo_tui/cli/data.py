@@ -13,15 +13,19 @@ from ipo_tui.cli.common import (
     AdapterOpt,
     BackendOpt,
     BaseUrlOpt,
+    CalibrateOpt,
     ConcurrencyOpt,
     CtxOpt,
     DeviceOpt,
     DtypeOpt,
+    JudgeModeOpt,
     LimitOpt,
     MaxTokensOpt,
     ModelOpt,
+    PlainOpt,
     PrecisionOpt,
     PromptSetOpt,
+    RouterOpt,
     SampleN,
     SeedOpt,
     TemperatureOpt,
@@ -70,58 +74,123 @@ def prompts_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
 @prompts_app.command("search")
 def prompts_search(
     file: str = typer.Argument(..., help="Labelled pairs (RewardBench format)."),
-    candidates: Path = typer.Option(..., "--candidates", help="YAML: {category: [{name, system?, user}, ...]}"),
-    limit: Optional[int] = typer.Option(200, "--limit", help="A fixed sample of N pairs spread over the file (0: all)."),
-    save: bool = typer.Option(True, "--save/--no-save", help="Keep the best template per category in the config."),
+    candidates: Optional[Path] = typer.Option(None, "--candidates", help="YAML: {category: [{name, system?, user, polarity?}, ...]}; default: the built-in templates of each category."),
+    per_category: int = typer.Option(80, "--per-category", help="Pairs per category, spread evenly over the file (0: all)."),
+    holdout: int = typer.Option(0, "--holdout", help="Leave out the N-pair sample `ipo eval --limit N` takes, so that eval measures on pairs the search never saw."),
+    n_folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    pairwise: bool = typer.Option(True, "--pairwise/--no-pairwise", help="Also measure pairwise mode (two passes per pair)."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Keep the chosen setting per category for this model in the config."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the results as one JSON line."),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
     base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
-    """Measure every candidate template's pairwise accuracy per category; keep the best."""
-    import yaml
+    """Choose, per category, among templates, ensembles, the PMI baseline and length control, by
+    k-fold cross-validation on a labelled file; report each technique; keep the choice for this model."""
+    import json
 
-    from ipo_tui.config import load_config, save_config
-    from ipo_tui.evaluation.pairwise import load_pairs, search_templates
-    from ipo_tui.judge.templates import BUILTIN, Template
+    import numpy as np
 
-    try:
-        spec = yaml.safe_load(candidates.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise IpoError(f"{candidates}: cannot read it as YAML ({type(exc).__name__})") from None
-    if not isinstance(spec, dict) or not all(isinstance(v, list) and v for v in spec.values()):
-        raise IpoError(f"{candidates}: expected {{category: [{{name, system?, user}}, ...]}}")
-    templates = {}
-    for category, items in spec.items():
-        for i, item in enumerate(items, 1):
-            if not isinstance(item, dict) or "user" not in item:
-                raise IpoError(f"{candidates}: {category} item {i} needs a 'user' text")
-            templates.setdefault(category, []).append(
-                Template(str(item.get("name") or f"{category}-{i}"), item.get("system", BUILTIN["generic"].system), item["user"]))
-    pairs = load_pairs(file, limit or None)
+    from ipo_tui.config import cache_dir, config_path, load_config, save_config
+    from ipo_tui.evaluation import search
+    from ipo_tui.evaluation.pairwise import load_pairs, wilson
+    from ipo_tui.judge.pairwise import PairwiseJudge
+    from ipo_tui.judge.settings import save_for_model
+    from ipo_tui.judge.templates import POOL
+
+    custom = _candidate_templates(candidates) if candidates else {}
+    pairs = load_pairs(file)
+    if holdout:
+        held = {search.pair_key(r) for r in load_pairs(file, holdout)}
+        pairs = [r for r in pairs if search.pair_key(r) not in held]
+    groups = search.by_category(pairs)
+    if custom:
+        missing = sorted(set(custom) - set(groups))
+        if missing:
+            raise IpoError(f"no pairs of category {missing[0]!r} in {file}; its candidate templates cannot be compared")
+        groups = {c: groups[c] for c in custom}
+    if per_category:
+        groups = {c: [rows[i * len(rows) // per_category] for i in range(per_category)] if len(rows) > per_category else rows
+                  for c, rows in groups.items()}
     config = load_config()
     judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config, adapter, base_url,
                        concurrency)
-    bar, progress = progress_bar("searching templates")
-    with bar:
-        results = search_templates(judge, pairs, templates, progress)
-    table = Table("category", "template", "accuracy", "pairs", title="template accuracy (best first)", title_justify="left")
-    for category, scores in results.items():
-        for rank, (name, accuracy, count) in enumerate(scores):
-            table.add_row(category if rank == 0 else "", f"[bold]{name}[/]" if rank == 0 else name, f"{accuracy:.3f}", str(count))
+    judge.templates.update({t.name: t for ts in custom.values() for t in ts})
+    pairwise_judge = PairwiseJudge(judge.backend) if pairwise and not judge.backend.scores_by_text else None
+    folder = cache_dir() / "judge-features"
+    table = Table("category", "technique", "accuracy", "95% interval", "pairs", "note",
+                  title=f"judge techniques on {file} ({judge.backend.ref.name})", title_justify="left")
+    for column in table.columns[1:5]:
+        column.no_wrap = True
+    report, chosen = {}, {}
+    for category, rows in groups.items():
+        templates = custom.get(category) or [judge.named(n) for n in POOL.get(category, (category,))]
+        cache = search.cache_file(folder, judge.id.split("#")[0], templates)
+        bar, progress = progress_bar(f"measuring {category} ({len(templates)} templates)")
+        with bar:
+            features = search.extract(judge, rows, templates, cache, pairwise_judge, progress)
+        found = search.techniques(features, n_folds)
+        chosen[category] = search.choose(features, np.arange(features.n))
+        report[category] = [{"technique": t.name, "accuracy": t.right / t.n, "interval95": wilson(t.right, t.n),
+                             "pairs": t.n, "note": t.note} for t in found]
+        for i, t in enumerate(found):
+            low, high = wilson(t.right, t.n)
+            name = f"[bold]{t.name}[/]" if t.name == search.SEARCH else t.name
+            table.add_row(category if i == 0 else "", name, f"{t.right / t.n:.3f}", f"{low:.2f}-{high:.2f}", str(t.n), t.note)
     out.print(table)
-    if save:
-        chosen = {t.name: t for ts in templates.values() for t in ts}
-        config.setdefault("templates", {})
-        config.setdefault("judge", {}).setdefault("category_templates", {})
-        for category, scores in results.items():
-            best = chosen[scores[0][0]]
-            config["templates"][best.name] = {"system": best.system, "user": best.user}
-            config["judge"]["category_templates"][category] = best.name
-        save_config(config)
-        from ipo_tui.config import config_path
+    routing = {}
+    if not judge.backend.scores_by_text:
+        from ipo_tui.judge.model_router import ModelRouter
+        from ipo_tui.judge.routing import route
 
-        out.print(f"saved the best template per category to {config_path()}")
+        bar, progress = progress_bar("routing the prompts")
+        with bar:
+            routing = search.router_accuracy([r for rows in groups.values() for r in rows],
+                                             {"keyword": route, "model": ModelRouter(judge.backend).route}, progress)
+        out.print("router accuracy against the file's categories: " + ", ".join(
+            f"{name} {right / n:.3f} ({right}/{n})" for name, (right, n) in routing.items()))
+    cv = {c: next(r for r in rows if r["technique"] == search.SEARCH) for c, rows in report.items()}
+    right, total = sum(round(r["accuracy"] * r["pairs"]) for r in cv.values()), sum(r["pairs"] for r in cv.values())
+    out.print(f"cross-validated accuracy of the search over {total} pairs: {right / total:.3f} "
+              f"(95% {wilson(right, total)[0]:.2f}-{wilson(right, total)[1]:.2f}); "
+              f"the overall figure weights categories by their pairs here, not as the eval file does")
+    if save:
+        name = judge.backend.ref.name
+        config = save_for_model(config, name, judge.settings, chosen)
+        for ts in custom.values():
+            config.setdefault("templates", {}).update(
+                {t.name: {"system": t.system, "user": t.user, "polarity": t.polarity} for t in ts})
+        save_config(config)
+        out.print(f"saved the chosen setting per category for {name} to {config_path()}:")
+        for category, setting in chosen.items():
+            out.print(f"  {category}: {setting.describe()}")
+    if as_json:
+        out.print(json.dumps({"model": judge.backend.ref.name, "cross_validated": right / total, "pairs": total,
+                              "routers": {k: right_n[0] / right_n[1] for k, right_n in routing.items()},
+                              "techniques": report, "chosen": {c: s.describe() for c, s in chosen.items()}}))
+
+
+def _candidate_templates(path: Path) -> dict[str, list]:
+    import yaml
+
+    from ipo_tui.judge.templates import BUILTIN, Template
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise IpoError(f"{path}: cannot read it as YAML ({type(exc).__name__})") from None
+    if not isinstance(spec, dict) or not all(isinstance(v, list) and v for v in spec.values()):
+        raise IpoError(f"{path}: expected {{category: [{{name, system?, user, polarity?}}, ...]}}")
+    templates: dict[str, list] = {}
+    for category, items in spec.items():
+        for i, item in enumerate(items, 1):
+            if not isinstance(item, dict) or "user" not in item:
+                raise IpoError(f"{path}: {category} item {i} needs a 'user' text")
+            templates.setdefault(category, []).append(
+                Template(str(item.get("name") or f"{category}-{i}"), item.get("system", BUILTIN["generic"].system),
+                         item["user"], item.get("polarity", "positive")))
+    return templates
 
 
 def generate(
@@ -149,6 +218,7 @@ def generate(
 def judge(
     prompts: str = PromptSetOpt, limit: Optional[int] = LimitOpt,
     category: Optional[str] = typer.Option(None, "--category", "-c", help="Judge every prompt under this category's template."),
+    router: Optional[str] = RouterOpt, plain: bool = PlainOpt, calibrate: Optional[bool] = CalibrateOpt,
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
@@ -160,7 +230,9 @@ def judge(
     store = open_store(workspace)
     rows = store.prompts(prompts, limit)
     engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
-                       base_url=base_url, concurrency=concurrency)
+                       base_url=base_url, concurrency=concurrency,
+                       flags={"router": router, "plain": plain, "calibrate": calibrate})
+    err.print(engine.summary(), highlight=False)
     bar, progress = progress_bar("judging")
     with bar:
         scored = stages.judge(store, engine, stages.policy_of(engine.backend), rows, category, progress)
@@ -175,6 +247,8 @@ def pairs_build(
     prompts: str = PromptSetOpt, n: int = SampleN, limit: Optional[int] = LimitOpt,
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
+    judge_mode: Optional[str] = JudgeModeOpt, router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
+    calibrate: Optional[bool] = CalibrateOpt,
     workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
@@ -187,16 +261,25 @@ def pairs_build(
     rows = store.prompts(prompts, limit)
     sampling = sampling_settings(n, temperature, top_p, max_tokens, seed)
     engine = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
-                       base_url=base_url, concurrency=concurrency)
+                       base_url=base_url, concurrency=concurrency,
+                       flags={"mode": judge_mode, "router": router, "plain": plain, "calibrate": calibrate})
+    err.print(engine.summary(), highlight=False)
     policy = stages.policy_of(engine.backend)
+    pairwise = None
+    if engine.settings.mode == "pairwise":
+        from ipo_tui.judge.pairwise import PairwiseJudge
+
+        pairwise = PairwiseJudge(engine.backend)
     for label, step in (("generating", lambda p: stages.generate(store, engine.backend, policy, rows, n, sampling, p)),
                         ("judging", lambda p: stages.judge(store, engine, policy, rows, None, p))):
         bar, progress = progress_bar(label)
         with bar:
             step(progress)
-    report = stages.build_pairs(store, policy.judge_id, policy, rows, min_margin)
+    report = stages.build_pairs(store, engine.id, policy, rows, min_margin, pairwise)
     out.print(f"{report.proposed} pairs proposed; dropped {report.too_close} below the margin or tied, "
               f"{report.too_few} with fewer than two judged candidates")
+    if pairwise is not None and pairwise.report.warning:
+        err.print(f"[yellow]warning:[/] {pairwise.report.warning}", highlight=False)
 
 
 @pairs_app.command("list")
@@ -214,13 +297,47 @@ def pairs_list(
     out.print(table)
 
 
+@pairs_app.command("stats")
+def pairs_stats(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per row instead of a table."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """How often you agreed with the judge when curating: its accuracy on your own data, per judge
+    setting and category (accepted = agreed, swapped = disagreed; rejected and edited pairs apart)."""
+    import json
+
+    from ipo_tui.evaluation.agreement import person_agreement
+
+    rows = person_agreement(open_store(workspace))
+    if not rows:
+        out.print("no curated pairs yet: accept, swap, reject or edit pairs (`ipo pairs accept`, the app's Pairs screen)")
+        return
+    if as_json:
+        for a in rows:
+            print(json.dumps({"judge": a.judge, "settings": a.settings, "category": a.category, "accept": a.accept,
+                              "swap": a.swap, "reject": a.reject, "edit": a.edit, "agreement": a.rate,
+                              "interval95": a.interval95 if a.checked else None}))
+        return
+    table = Table("judge", "settings", "category", "agreed", "95% interval", "accepted", "swapped", "rejected", "edited",
+                  title="the person as a check on the judge", title_justify="left")
+    for a in rows:
+        low, high = a.interval95
+        table.add_row(a.judge.rsplit("/", 1)[-1], a.settings, a.category,
+                      f"{a.rate:.3f}" if a.rate is not None else "–", f"{low:.2f}–{high:.2f}" if a.checked else "",
+                      str(a.accept), str(a.swap), str(a.reject), str(a.edit))
+    out.print(table)
+
+
 def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> None:
     store = open_store(workspace)
-    if min_margin is not None:  # bulk: every proposed pair at or above the margin
-        ids = ids + [r["id"] for r in store.pairs(("proposed",)) if r["margin"] >= min_margin]
-    if not ids:
+    bulk = [r["id"] for r in store.pairs(("proposed",)) if r["margin"] >= min_margin] if min_margin is not None else []
+    if not ids and not bulk:
         raise IpoError("name pair ids (see `ipo pairs list`) or give --min-margin")
-    store.set_pair_status(ids, status)
+    if ids:
+        store.set_pair_status(ids, status)
+    if bulk:
+        store.set_pair_status(bulk, status, bulk=True)  # not a check of each pair by a person
+    ids = ids + bulk
     out.print(f"{status} {len(ids)} pair(s)")
 
 

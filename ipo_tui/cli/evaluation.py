@@ -16,9 +16,12 @@ from ipo_tui.cli.common import (
     CtxOpt,
     DeviceOpt,
     DtypeOpt,
+    JudgeModeOpt,
     MaxTokensOpt,
     ModelOpt,
+    PlainOpt,
     PrecisionOpt,
+    RouterOpt,
     SeedOpt,
     TemperatureOpt,
     ThreadsOpt,
@@ -39,23 +42,27 @@ def eval_pairs(
     judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 1-5 score)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="A fixed sample of N pairs spread over the file."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
+    judge_mode: Optional[str] = JudgeModeOpt, router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
     base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
-    from ipo_tui.config import load_config
     from ipo_tui.evaluation.pairwise import JUDGES, evaluate, load_pairs, wilson
-    from ipo_tui.judge.scoring import Judge
+    from ipo_tui.judge.scoring import configured_judge
 
     if judge_name not in JUDGES:
         raise IpoError(f"unknown judge {judge_name!r}: choose ipo or self-reward")
     pairs = load_pairs(file, limit)
     engine = open_backend(backend, model, device, dtype, ctx, threads, score_precision, adapter, base_url, concurrency)
+    judge = None
+    if judge_name == "ipo":
+        judge = configured_judge(engine, flags={"mode": judge_mode, "router": router, "plain": plain})
+        err.print(judge.summary(), highlight=False)
     bar, progress = progress_bar(f"evaluating ({judge_name})")
     with bar:
-        result = evaluate(pairs, judge_name, Judge(engine, load_config()) if judge_name == "ipo" else None, engine, progress)
+        result = evaluate(pairs, judge_name, judge, engine, progress)
     summary = result.as_dict()
     for title, counts in (("category", result.by_category), ("subset", result.by_subset)):
         table = Table(title, "accuracy", "95% interval", "pairs", title=f"{judge_name} accuracy by {title}",
@@ -64,11 +71,15 @@ def eval_pairs(
             low, high = wilson(correct, total)
             table.add_row(name, f"{correct / total:.3f}", f"{low:.2f}–{high:.2f}", str(total))
         err.print(table) if as_json else out.print(table)
-    extra = (f", mean Yes+No mass {summary['mean_mass']:.3f}" if judge_name == "ipo"
+    extra = (f", mean Yes+No mass {summary['mean_mass']:.3f}" if summary["mean_mass"] is not None
              else f", {result.parse_failures} of {2 * result.pairs} ratings unparsed")
     low, high = summary["interval95"]
+    if result.position:
+        extra += f", {result.position['consistent']:.0%} of comparisons position-consistent"
     err.print(f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}–{high:.3f}) on {result.pairs} pairs{extra}, "
               f"{summary['pairs_per_s']:.2f} pairs/s", highlight=False)
+    if result.warning:
+        err.print(f"[yellow]warning:[/] {result.warning}", highlight=False)
     if as_json:
         print(json.dumps(summary))
 
@@ -78,6 +89,7 @@ def bestofn(
     category: Optional[str] = typer.Option(None, "--category", "-c"),
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
     as_json: bool = typer.Option(False, "--json"),
+    router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
@@ -90,7 +102,7 @@ def bestofn(
         raise IpoError("--prompt is empty: give the instruction to answer")
     sampling = sampling_settings(n, temperature, top_p, max_tokens, seed)
     judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
-                       base_url=base_url, concurrency=concurrency)
+                       base_url=base_url, concurrency=concurrency, flags={"router": router, "plain": plain})
     with err.status(f"sampling {n} answers and judging them"):
         ranked = best_of_n(judge, prompt, sampling, category)
     if as_json:

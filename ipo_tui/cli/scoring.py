@@ -14,12 +14,15 @@ from ipo_tui.cli.common import (
     AdapterOpt,
     BackendOpt,
     BaseUrlOpt,
+    CalibrateOpt,
     ConcurrencyOpt,
     CtxOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
+    PlainOpt,
     PrecisionOpt,
+    RouterOpt,
     ThreadsOpt,
     err,
     judgement_table,
@@ -38,6 +41,7 @@ def score(
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="JSONL of candidates: {\"response\": ..., \"prompt\"?: ...} a line."),
     category: Optional[str] = typer.Option(None, "--category", "-c", help="chat, code, math, safety, generic (default: routed by keywords)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per candidate instead of a table."),
+    router: Optional[str] = RouterOpt, plain: bool = PlainOpt, calibrate: Optional[bool] = CalibrateOpt,
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
@@ -59,7 +63,8 @@ def score(
         raise IpoError("no candidates: give --response TEXT (repeatable) or --file candidates.jsonl")
 
     judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
-                       base_url=base_url, concurrency=concurrency)
+                       base_url=base_url, concurrency=concurrency,
+                       flags={"router": router, "plain": plain, "calibrate": calibrate})
     groups: dict[tuple[str, str | None], list[str]] = {}
     for c in candidates:
         groups.setdefault((c.prompt, c.category or category), []).append(c.response)

@@ -12,6 +12,8 @@ from ipo_tui.cli.common import (
     BaseUrlOpt,
     ConcurrencyOpt,
     ModelOpt,
+    PlainOpt,
+    RouterOpt,
     WorkspaceOpt,
     err,
     open_store,
@@ -200,6 +202,7 @@ def loop(
     served_model: Optional[str] = typer.Option(None, "--served-model", help="server: the served model of the policy the loop needs (default: the one the server lists)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="The model to train: a GGUF file, an HF folder or id (default: the embedded SmolLM2-135M-Instruct). With a server, the local copy of the weights it serves."),
     config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, dtype: Optional[str] = TrainDtypeOpt,
+    router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
     """Iterate: sample and judge with policy k, build pairs, train adapter k+1 (LoRA-DPO).
@@ -220,7 +223,7 @@ def loop(
         resume_id = loops.start(store, prompts, iterations, n, backend, model,
                                 sampling_settings(n, temperature, top_p, max_tokens, seed), min_margin, holdout,
                                 overrides(set_, dtype), config, eval_file, eval_limit, limit, threads,
-                                {**moved, "concurrency": concurrency})
+                                {**moved, "concurrency": concurrency}, {"router": router, "plain": plain})
         moved = {}
         out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")
     store.run(resume_id)  # an unknown id fails here, before the progress bar shows

@@ -27,6 +27,9 @@ class EvalResult:
     parse_failures: int = 0
     missing: int = 0  # ipo through a server: neither Yes nor No among the top logprobs (counted wrong)
     seconds: float = 0.0
+    settings: dict | None = None  # the ipo judge's settings
+    position: dict | None = None  # pairwise mode: how far the verdicts follow the position
+    warning: str | None = None
 
     @property
     def accuracy(self) -> float:
@@ -43,6 +46,7 @@ class EvalResult:
             "parse_failures": self.parse_failures if self.judge == "self-reward" else None,
             "missing": self.missing if self.judge == "ipo" else None,
             "pairs_per_s": self.pairs / self.seconds if self.seconds else None,
+            "judge_settings": self.settings, "position": self.position,
         }
 
 
@@ -72,17 +76,26 @@ def load_pairs(source: str, limit: int | None = None) -> list[dict]:
 
 
 def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,
-             progress: Callable[[int, int], None] = lambda done, total: None) -> EvalResult:
-    """Score each pair with the IPO judge (a `Judge`) or the self-reward baseline (a backend)."""
+             progress: Callable[[int, int], None] = lambda done, total: None, pairwise=None) -> EvalResult:
+    """Score each pair with the IPO judge (a `Judge`; in pairwise mode through `pairwise`, a
+    PairwiseJudge made on the judge's backend unless given) or the self-reward baseline (a backend)."""
     if judge_name not in JUDGES:
         raise IpoError(f"unknown judge {judge_name!r}: choose ipo or self-reward")
     from ipo_tui.judge import self_reward
 
-    result = EvalResult(judge_name)
+    result = EvalResult(judge_name, settings=judge.describe() if judge_name == "ipo" else None)
+    if judge_name != "ipo" or judge.settings.mode != "pairwise":
+        pairwise = None
+    elif pairwise is None:
+        from ipo_tui.judge.pairwise import PairwiseJudge
+
+        pairwise = PairwiseJudge(judge.backend)
     start = time.perf_counter()
     for done, row in enumerate(pairs, 1):
         category = category_for(row["category"], row["prompt"])
-        if judge_name == "ipo":
+        if pairwise is not None:
+            good = pairwise.compare(row["prompt"], row["chosen"], row["rejected"]).margin > 0
+        elif judge_name == "ipo":
             chosen, rejected = judge.score(row["prompt"], [row["chosen"], row["rejected"]], category)
             result.masses += [chosen.mass, rejected.mass]
             result.missing += chosen.missing + rejected.missing
@@ -100,6 +113,8 @@ def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,
             table[key][1] += 1
         progress(done, len(pairs))
     result.seconds = time.perf_counter() - start
+    if pairwise is not None:
+        result.position, result.warning = pairwise.report.as_dict(), pairwise.report.warning
     return result
 
 
@@ -113,29 +128,3 @@ def best_of_n(judge, prompt: str, sampling, category: str | None = None) -> list
     from ipo_tui.judge.scoring import ranked
 
     return ranked(judge.score(prompt, answers, category or route(prompt)))
-
-
-def search_templates(judge, pairs: list[dict], candidates: dict[str, list],
-                     progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, list[tuple[str, float, int]]]:
-    """Accuracy of each candidate template on the pairs of its category: {category: [(name, accuracy, n)]}, best first."""
-    by_category: dict[str, list[dict]] = defaultdict(list)
-    for row in pairs:
-        by_category[category_for(row["category"], row["prompt"])].append(row)
-    total = sum(len(by_category.get(c, [])) * len(ts) for c, ts in candidates.items())
-    done, results = 0, {}
-    for category, templates in candidates.items():
-        rows = by_category.get(category, [])
-        if not rows:
-            raise IpoError(f"no pairs of category {category!r} in the file; its candidate templates cannot be compared")
-        scores = []
-        for template in templates:
-            judge.templates[template.name] = template
-            right = 0
-            for row in rows:
-                chosen, rejected = judge.score(row["prompt"], [row["chosen"], row["rejected"]], template.name)
-                right += chosen.p_yes > rejected.p_yes
-                done += 1
-                progress(done, total)
-            scores.append((template.name, right / len(rows), len(rows)))
-        results[category] = sorted(scores, key=lambda s: -s[1])
-    return results

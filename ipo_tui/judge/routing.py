@@ -34,6 +34,6 @@ _ALIASES = {"chat": "chat", "chat-hard": "chat", "code": "code", "coding": "code
             "safety": "safety", "refusals": "safety", "generic": "generic"}
 
 
-def category_for(label: str | None, instruction: str) -> str:
+def category_for(label: str | None, instruction: str, router=route) -> str:
     """A dataset's own category label where it names one of ours, else the router's choice."""
-    return _ALIASES.get((label or "").strip().lower()) or route(instruction)
+    return _ALIASES.get((label or "").strip().lower()) or router(instruction)

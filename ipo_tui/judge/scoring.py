@@ -8,10 +8,15 @@ A backend that cannot score token ids (a remote server behind a chat endpoint) o
 `first_token_logprobs(conversations)` instead: for each list of chat messages, the (token text,
 logprob) pairs the server returns for the first token of the assistant's answer. The Judge then
 sends messages, not token ids, and matches the spellings by text (`from_top_logprobs`).
+
+The judge's settings (judge/settings.py) choose, per category, the templates whose log-odds are
+averaged, a per-response baseline (the response under a content-free instruction), a length
+correction and a calibration offset; `combine` is the one place those are applied.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -20,6 +25,7 @@ import numpy as np
 from ipo_tui.backends.base import Backend, split_common_prefix
 from ipo_tui.errors import IpoError
 from ipo_tui.judge.routing import route
+from ipo_tui.judge.settings import CategorySetting, JudgeSettings, load_settings
 from ipo_tui.judge.templates import Template
 from ipo_tui.judge.templates import templates as load_templates
 
@@ -27,7 +33,7 @@ YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 _YES_TEXT = frozenset(v.strip() for v in YES_VARIANTS)  # how a returned token's text is matched
 _NO_TEXT = frozenset(v.strip() for v in NO_VARIANTS)
-DEFAULT_MIN_MASS = 0.01  # the embedded 135M model gives 0.06-0.2 on ordinary prompts
+CONTENT_FREE = "N/A"  # the instruction of a response's baseline, the reply of a calibration offset
 _CUT_MARK = "[...] "
 _TAIL_MIN = 32  # tokens of the response always kept when the instruction itself must be cut
 
@@ -39,7 +45,7 @@ class Judgement:
     logit_margin: float  # z_yes - z_no (log-sum-exp over the variant ids); p_yes = sigmoid of it
     mass: float  # p(Yes) + p(No) over the full vocabulary (over the top logprobs a server returned)
     category: str
-    template: str
+    template: str  # the templates whose log-odds were averaged, joined by "+"
     low_mass: bool
     truncated: str | None = None  # what was cut to fit the context, if anything
     missing: bool = False  # neither Yes nor No among a server's top logprobs: p_yes, logit_margin are NaN
@@ -63,13 +69,33 @@ def variant_ids(backend: Backend, variants: tuple[str, ...]) -> list[int]:
     return ids
 
 
+def log_length(texts: list[str]) -> np.ndarray:
+    """The length a judge's margin is corrected for: log(1 + characters)."""
+    return np.log1p(np.array([len(t) for t in texts], dtype=np.float64))
+
+
+def combine(margins: list[np.ndarray], baselines: list[np.ndarray] | None, signs: list[int],
+            lengths: np.ndarray, setting: CategorySetting) -> np.ndarray:
+    """A category's margin from each template's raw z_yes - z_no (and, with pmi, each template's
+    margin for the same responses under a content-free instruction): the mean over templates of
+    sign * (m - pmi * m0), less length_slope * (log length - centre)."""
+    parts = [sign * (m - setting.pmi * b) if setting.pmi else sign * m
+             for m, b, sign in zip(margins, baselines or [None] * len(margins), signs)]
+    out = np.mean(parts, axis=0)
+    if setting.length_slope:
+        out = out - setting.length_slope * (lengths - setting.length_centre)
+    return out
+
+
 class Judge:
-    def __init__(self, backend: Backend, config: dict | None = None):
+    def __init__(self, backend: Backend, config: dict | None = None, settings: JudgeSettings | None = None):
         self.backend = backend
         self.templates = load_templates(config)
-        judge_cfg = (config or {}).get("judge") or {}
-        self.min_mass = float(judge_cfg.get("min_mass", DEFAULT_MIN_MASS))
-        self.category_templates: dict[str, str] = dict(judge_cfg.get("category_templates") or {})
+        self.settings = settings or load_settings(config, backend.ref.name)
+        self.min_mass = self.settings.min_mass
+        self._baselines: dict[tuple, float] = {}  # (template texts, response) -> margin under CONTENT_FREE
+        self._offsets: dict[tuple, float] = {}  # (category, instruction) -> calibration offset
+        self._router = None  # the model router, made on first use
         # a server returns token texts, not ids: its spellings are matched by text (from_top_logprobs)
         self.by_text = backend.scores_by_text
         self.yes_ids = [] if self.by_text else variant_ids(backend, YES_VARIANTS)
@@ -78,8 +104,43 @@ class Judge:
             raise IpoError("this model's vocabulary has no single token for Yes or No; it cannot be used as a judge")
         self.missing = 0  # judgements so far with neither Yes nor No among a server's top logprobs
 
+    @property
+    def id(self) -> str:
+        """What the workspace records as this judge: the policy, and a digest of the settings unless
+        they are the defaults, so judgements made under different settings never mix."""
+        policy = f"{self.backend.ref.identity}+{self.backend.adapter}" if self.backend.adapter else self.backend.ref.identity
+        digest = self.settings.digest(self.templates)
+        return policy if digest == _default_digest() else f"{policy}#{digest}"
+
+    def describe(self) -> dict:
+        """The settings, as recorded with the judgements."""
+        return self.settings.as_config()
+
+    def summary(self) -> str:
+        """One line saying how this judge judges."""
+        s = self.settings
+        parts = [f"{c}: {v.describe()}" for c, v in sorted(s.categories.items())] or ["each category's own template"]
+        extra = [f"mode {s.mode}"] + (["router model"] if s.router == "model" else []) + (["calibrated"] if s.calibrate else [])
+        return f"judge {self.id.split('#')[1] if '#' in self.id else '(plain recipe)'}: {'; '.join(parts)}; {', '.join(extra)}"
+
+    def route(self, instruction: str) -> str:
+        """The category of an instruction, by the configured router."""
+        if self.settings.router == "keyword":
+            return route(instruction)
+        if self._router is None:
+            from ipo_tui.judge.model_router import ModelRouter
+
+            self._router = ModelRouter(self.backend)
+        return self._router.route(instruction)
+
+    def setting_for(self, category: str) -> CategorySetting:
+        return self.settings.for_category(category)
+
     def template_for(self, category: str) -> Template:
-        name = self.category_templates.get(category, category)
+        """The category's first template (the one the lab shows and edits)."""
+        return self.named(self.setting_for(category).templates[0])
+
+    def named(self, name: str) -> Template:
         if name not in self.templates:
             known = ", ".join(sorted(self.templates))
             raise IpoError(f"unknown category or template {name!r}: choose one of {known}")
@@ -126,25 +187,62 @@ class Judge:
         for i, response in enumerate(responses, 1):
             if not response.strip():
                 raise IpoError(f"response {i} is empty: give each candidate some text")
-        category = category or route(instruction)
-        template = self.template_for(category)
-        if self.by_text:
-            tops = self.backend.first_token_logprobs([template.messages(instruction, r) for r in responses])
-            margin, mass = np.array([from_top_logprobs(top) for top in tops]).reshape(-1, 2).T
-            self.missing += int(np.isnan(margin).sum())
-            notes = [None] * len(responses)  # the server refuses what does not fit its context
-        else:
-            rendered = [self.render(template, instruction, r) for r in responses]
-            margin, mass = self.score_tokens([ids for ids, _ in rendered])
-            notes = [note for _, note in rendered]
+        category = category or self.route(instruction)
+        setting = self.setting_for(category)
+        margin, mass, notes = self._combined(instruction, responses, setting)
+        if self.settings.calibrate:
+            margin = margin - self.offset(instruction, category)
+        self.missing += int(np.isnan(margin).sum())
         return [
             Judgement(
                 response=r, p_yes=_sigmoid(m), logit_margin=float(m), mass=float(ms), category=category,
-                template=template.name, low_mass=bool(ms < self.min_mass), truncated=note,
+                template="+".join(setting.templates), low_mass=bool(ms < self.min_mass), truncated=note,
                 missing=bool(math.isnan(m)),
             )
             for r, note, m, ms in zip(responses, notes, margin, mass)
         ]
+
+    def _combined(self, instruction: str, responses: list[str], setting: CategorySetting):
+        """(margin, mass, truncation notes) under a category's setting."""
+        templates = [self.named(name) for name in setting.templates]
+        raw = [self.margins(t, instruction, responses) for t in templates]
+        baselines = [self.baselines(t, responses) for t in templates] if setting.pmi else None
+        margin = combine([m for m, _, _ in raw], baselines, [t.sign for t in templates], log_length(responses), setting)
+        mass = np.mean([ms for _, ms, _ in raw], axis=0)
+        notes = [next((n[i] for _, _, n in raw if n[i]), None) for i in range(len(responses))]
+        return margin, mass, notes
+
+    def margins(self, template: Template, instruction: str, responses: list[str]):
+        """Raw (z_yes - z_no, Yes+No mass, truncation notes) of each response under one template."""
+        if self.by_text:
+            tops = self.backend.first_token_logprobs([template.messages(instruction, r) for r in responses])
+            margin, mass = np.array([from_top_logprobs(top) for top in tops]).reshape(-1, 2).T
+            return margin, mass, [None] * len(responses)  # the server refuses what does not fit its context
+        rendered = [self.render(template, instruction, r) for r in responses]
+        margin, mass = self.score_tokens([ids for ids, _ in rendered])
+        return margin, mass, [note for _, note in rendered]
+
+    def baselines(self, template: Template, responses: list[str]) -> np.ndarray:
+        """Each response's raw margin under a content-free instruction: what the model thinks of the
+        reply whatever was asked. Cached per template text and response; computed together, so the
+        content-free prefix is evaluated once."""
+        key = (template.system, template.user)
+        todo = [r for r in dict.fromkeys(responses) if (key, r) not in self._baselines]
+        if todo:
+            margin, _, _ = self.margins(template, CONTENT_FREE, todo)
+            self._baselines.update({(key, r): float(m) for r, m in zip(todo, margin)})
+        return np.array([self._baselines[(key, r)] for r in responses])
+
+    def offset(self, instruction: str, category: str) -> float:
+        """The calibration offset of (category setting, instruction): the score of a content-free
+        reply, so that such a reply scores p'yes 0.5. It is the same for every candidate of an
+        instruction, so it never changes their ranking; it moves thresholds and comparisons across
+        prompts. One extra pass per instruction, cached."""
+        key = (category, instruction)
+        if key not in self._offsets:
+            margin, _, _ = self._combined(instruction, [CONTENT_FREE], self.setting_for(category))
+            self._offsets[key] = float(margin[0])
+        return self._offsets[key]
 
     def score_tokens(self, token_lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(z_yes - z_no, p(Yes) + p(No)) for fully rendered evaluation prompts."""
@@ -154,6 +252,20 @@ class Judge:
         lp_yes = np.logaddexp.reduce(lp[:, :n_yes], axis=1)
         lp_no = np.logaddexp.reduce(lp[:, n_yes:], axis=1)
         return lp_yes - lp_no, np.exp(lp_yes) + np.exp(lp_no)
+
+
+def configured_judge(backend: Backend, flags: dict | None = None, config: dict | None = None) -> Judge:
+    """The judge a user configured for this model: the config's templates and settings, those saved
+    for the model by `ipo prompts search` on top, and a command's --judge-* `flags` over both."""
+    from ipo_tui.config import load_config
+    from ipo_tui.judge.settings import override
+
+    config = load_config() if config is None else config
+    judge = Judge(backend, config, override(load_settings(config, backend.ref.name), **(flags or {})))
+    for setting in judge.settings.categories.values():
+        for name in setting.templates:
+            judge.named(name)  # an unknown template fails here, before any work
+    return judge
 
 
 def from_top_logprobs(top: list[tuple[str, float]]) -> tuple[float, float]:
@@ -172,6 +284,11 @@ def from_top_logprobs(top: list[tuple[str, float]]) -> tuple[float, float]:
     lp_yes = float(np.logaddexp.reduce(yes)) if yes else floor
     lp_no = float(np.logaddexp.reduce(no)) if no else floor
     return lp_yes - lp_no, float(sum(math.exp(lp) for lp in yes + no))
+
+
+@functools.cache
+def _default_digest() -> str:
+    return JudgeSettings().digest(load_templates(None))
 
 
 def _sigmoid(x: float) -> float:

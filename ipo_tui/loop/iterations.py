@@ -27,7 +27,7 @@ from ipo_tui import backends
 from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
 from ipo_tui.errors import IpoError
-from ipo_tui.judge.scoring import Judge
+from ipo_tui.judge.scoring import configured_judge
 from ipo_tui.loop import server_handoff, stages
 from ipo_tui.training import runner
 from ipo_tui.training import settings as train_settings
@@ -39,9 +39,11 @@ Events = Callable[[str], None]
 def start(store: Store, prompts: str, iterations: int, n: int, backend: str, model: str | None,
           sampling: Sampling, min_margin: float = 0.0, holdout: float = 0.1, overrides: dict | None = None,
           config_file: Path | None = None, eval_file: str | None = None, eval_limit: int = 64,
-          limit: int | None = None, threads: int | None = None, server: dict | None = None) -> str:
+          limit: int | None = None, threads: int | None = None, server: dict | None = None,
+          judge_flags: dict | None = None) -> str:
     """Record a new loop (checked in full before anything runs); returns its id. `server` holds the
-    server backend's base_url, concurrency and served_model (None: the one it lists)."""
+    server backend's base_url, concurrency and served_model (None: the one it lists); `judge_flags`
+    the --judge-* flags every iteration's judge takes over the configured settings."""
     if iterations < 1 or n < 2:
         raise IpoError("a loop needs --iterations >= 1 and -n >= 2 (a pair needs two candidates)")
     if not 0 <= holdout < 1:
@@ -65,7 +67,7 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
             "sampling": sampling.__dict__, "min_margin": min_margin, "holdout": holdout,
             "held_out": max(1, round(len(rows) * holdout)) if holdout else 0, "settings": settings,
             "eval_file": eval_file or "", "eval_limit": eval_limit, "server": server if backend == "server" else None,
-            "done": [], "trained": None}
+            "judge_flags": judge_flags or {}, "done": [], "trained": None}
     store.add_run(loop_id, "loop", spec, folder, status="created")
     return loop_id
 
@@ -122,22 +124,22 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
         adapter = spec["done"][-1]["adapter"] if spec["done"] else ""
         engine = stage("load", lambda: _load(spec, k, adapter))
         policy = stages.policy_of(engine)
-        judge = Judge(engine)
+        judge = configured_judge(engine, spec.get("judge_flags"))
         try:
             stage("generate", lambda: stages.generate(store, engine, policy, prompts, spec["n"], sampling, on_progress))
             stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress))
         finally:
             engine.close()
-        report = stage("pairs", lambda: stages.build_pairs(store, policy.judge_id, policy, prompts, spec["min_margin"]))
+        report = stage("pairs", lambda: stages.build_pairs(store, judge.id, policy, prompts, spec["min_margin"]))
         train_ids = {p["id"] for p in train_prompts}
-        pairs = [r for r in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], policy.judge_id)
+        pairs = [r for r in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], judge.id)
                  if r["prompt_id"] in train_ids]
         if not pairs:
             raise IpoError(f"iteration {k + 1}: no pairs to train on ({report.too_close} too close, {report.too_few} "
                            "with fewer than two judged candidates); lower --min-margin or raise -n")
         on_event(f"iteration {k + 1}: {len(pairs)} pairs ({report.too_close} too close)")
         train_run = stage("train", lambda: _train(store, loop_id, spec, k, pairs, adapter, on_train))
-        trained = {"policy": [policy.model, policy.adapter], "adapter": str(train_run.adapter),
+        trained = {"policy": [policy.model, policy.adapter], "judge": judge.id, "adapter": str(train_run.adapter),
                    "train_run": train_run.id, "pairs": len(pairs), "seconds": times}
         spec["trained"] = trained
         store.set_run(loop_id, config=spec)
@@ -151,8 +153,8 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
     try:
         previous = stages.Policy(*trained["policy"])
         new = stages.policy_of(engine)
-        evaluation = stage("evaluate", lambda: _evaluate(store, engine, previous, new, held_out, spec, sampling,
-                                                         on_progress))
+        evaluation = stage("evaluate", lambda: _evaluate(store, engine, previous, trained.get("judge", previous.judge_id),
+                                                         new, held_out, spec, sampling, on_progress))
     finally:
         engine.close()
     on_event(f"iteration {k + 1}: done")
@@ -186,14 +188,15 @@ def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter:
     return train_run
 
 
-def _evaluate(store: Store, engine, previous: stages.Policy, new: stages.Policy, held_out, spec: dict,
-              sampling: Sampling, on_progress) -> dict:
-    """The new policy on the held-out prompts (and the labelled file, if any)."""
-    judge = Judge(engine)
+def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str, new: stages.Policy, held_out,
+              spec: dict, sampling: Sampling, on_progress) -> dict:
+    """The new policy on the held-out prompts (and the labelled file, if any), judged by the new
+    policy under the loop's judge settings."""
+    judge = configured_judge(engine, spec.get("judge_flags"))
     result: dict = {"held_out_prompts": len(held_out)}
     held_ids = {p["id"] for p in held_out}
     agree = total = 0
-    for pair in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], previous.judge_id):
+    for pair in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], previous_judge):
         if pair["prompt_id"] in held_ids:
             chosen, rejected = judge.score(pair["prompt"], [pair["chosen"], pair["rejected"]])
             agree, total = agree + (chosen.p_yes > rejected.p_yes), total + 1
@@ -204,7 +207,7 @@ def _evaluate(store: Store, engine, previous: stages.Policy, new: stages.Policy,
         means = {}
         for name, policy in (("previous", previous), ("new", new)):
             stages.judge(store, judge, policy, held_out)
-            scores = [r["p_yes"] for p in held_out for r in store.judgements(p["id"], new.judge_id, policy.model, policy.adapter)
+            scores = [r["p_yes"] for p in held_out for r in store.judgements(p["id"], judge.id, policy.model, policy.adapter)
                       if r["p_yes"] is not None]
             means[name] = round(sum(scores) / len(scores), 4) if scores else None
         result["mean_p_yes_previous_samples"], result["mean_p_yes_new_samples"] = means["previous"], means["new"]

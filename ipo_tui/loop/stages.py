@@ -97,10 +97,10 @@ def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sa
 
 def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
           progress: Progress = lambda done, total: None) -> int:
-    """Score every candidate of `policy` that `judge`'s policy has not scored yet; returns how many
-    were stored. A judgement with no Yes/No among a server's top logprobs is not stored (it has no
-    score): `judge.missing` counts those."""
-    judge_id = policy_of(judge.backend).judge_id
+    """Score every candidate of `policy` that this judge (its policy and settings: `judge.id`) has
+    not scored yet; returns how many were stored. A judgement with no Yes/No among a server's top
+    logprobs is not stored (it has no score): `judge.missing` counts those."""
+    judge_id, settings = judge.id, judge.describe()
 
     def one(prompt) -> int:
         rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter)
@@ -108,9 +108,9 @@ def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | N
         if not rows:
             return 0
         results = judge.score(prompt["text"], [r["text"] for r in rows],
-                              category or category_for(prompt["category"], prompt["text"]))
+                              category or category_for(prompt["category"], prompt["text"], judge.route))
         scored = [(r["candidate_id"], j) for r, j in zip(rows, results) if not j.missing]
-        store.add_judgements(judge_id, scored)
+        store.add_judgements(judge_id, scored, settings)
         return len(scored)
 
     return _each_prompt("judge", "judgements", prompts, progress, lambda chunk: sum(map(one, chunk)))
@@ -123,17 +123,30 @@ class PairReport:
     too_few: int = 0  # fewer than two judged candidates
 
 
-def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin: float) -> PairReport:
-    """chosen = highest p'yes, rejected = lowest; pairs closer than `min_margin` (or tied) are dropped."""
+def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin: float,
+                pairwise=None) -> PairReport:
+    """chosen = highest p'yes, rejected = lowest; pairs whose p'yes spread is below `min_margin` (or
+    tied) are dropped. With a `pairwise` judge (judge/pairwise.py), it re-ranks the top two (the
+    better is chosen) and the bottom two (the worse is rejected), both orders asked."""
     report = PairReport()
     for prompt in prompts:
         rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter) if r["p_yes"] is not None]
         if len(rows) < 2:
             report.too_few += 1
             continue
-        best = max(rows, key=lambda r: r["p_yes"])
-        worst = min(rows, key=lambda r: r["p_yes"])
+        rows.sort(key=lambda r: -r["p_yes"])
+        best, worst = rows[0], rows[-1]
         margin = best["p_yes"] - worst["p_yes"]
+        if pairwise is not None:
+            top, bottom = rows[:2], rows[-2:]
+            if pairwise.compare(prompt["text"], top[1]["text"], top[0]["text"]).margin > 0:
+                best = top[1]
+            if len(rows) == 2:
+                worst = top[0] if best is top[1] else top[1]
+            elif pairwise.compare(prompt["text"], bottom[0]["text"], bottom[1]["text"]).margin < 0:
+                worst = bottom[0]
+            if best is worst:  # three candidates, the middle one both better and worse: keep p'yes's pick
+                best, worst = rows[0], rows[-1]
         if margin <= 0 or margin < min_margin:
             report.too_close += 1
             continue
@@ -168,7 +181,7 @@ def save_scored_pair(store: Store, judge: Judge, instruction: str, category: str
                      positions: list[int], best: int, worst: int) -> tuple[int, str]:
     """Store every candidate (sample index = its position where free), its judgement, and
     (candidates[best], candidates[worst]) as an accepted pair in the LAB_SET prompt set."""
-    judge_id = policy_of(judge.backend).judge_id
+    judge_id = judge.id
     prompt_id = store.add_prompt(LAB_SET, instruction, category, source="score lab")
     taken: dict[tuple[str, str], set[int]] = {}
     placed = []  # (model, adapter, sample_index) of each candidate
@@ -182,7 +195,7 @@ def save_scored_pair(store: Store, judge: Judge, instruction: str, category: str
         store.add_candidates(prompt_id, c.model, c.adapter, {"source": "score lab"}, [(index, c.seed, c.text)])
     ids = {(r["model"], r["adapter"], r["sample_index"]): r["id"] for r in store.candidates(prompt_id)}
     cid = [ids[key] for key in placed]
-    store.add_judgements(judge_id, [(i, c.judgement) for i, c in zip(cid, candidates)])
+    store.add_judgements(judge_id, [(i, c.judgement) for i, c in zip(cid, candidates)], judge.describe())
     margin = candidates[best].judgement.p_yes - candidates[worst].judgement.p_yes
     store.propose_pair(prompt_id, judge_id, cid[best], cid[worst], margin)
     [pair_id] = [r["id"] for r in store.pairs(set_name=LAB_SET, judge=judge_id) if r["prompt_id"] == prompt_id]

@@ -121,9 +121,9 @@ class IpoApp(App):
         return self._store
 
     def _make_judge(self, engine):
-        from ipo_tui.judge.scoring import Judge
+        from ipo_tui.judge.scoring import configured_judge
 
-        judge = Judge(engine, self.config)
+        judge = configured_judge(engine, config=self.config)
         judge.templates.update(self.template_overrides)
         return judge
 
@@ -141,14 +141,23 @@ class IpoApp(App):
         """The template that judges `category`: the loaded judge's, or the config's before a load."""
         if self.judge is not None:
             return self.judge.template_for(category)
+        from ipo_tui.judge.settings import load_settings
         from ipo_tui.judge.templates import templates
 
         known = templates(self.config)
         known.update(self.template_overrides)
-        name = ((self.config.get("judge") or {}).get("category_templates") or {}).get(category, category)
+        name = load_settings(self.config).for_category(category).templates[0]
         if name not in known:
             raise IpoError(f"unknown category or template {name!r}")
         return known[name]
+
+    def setting_for(self, category: str) -> str:
+        """How `category` is judged (templates, baseline, length), in short."""
+        if self.judge is not None:
+            return self.judge.setting_for(category).describe()
+        from ipo_tui.judge.settings import load_settings
+
+        return load_settings(self.config).for_category(category).describe()
 
     def set_template(self, template) -> None:
         """Use an edited template for the rest of the session."""

@@ -55,7 +55,16 @@ MIGRATIONS = [
     CREATE INDEX candidates_prompt ON candidates (prompt_id);
     CREATE INDEX judgements_candidate ON judgements (candidate_id);
     """,
+    # the settings behind each judge id (a policy, and a digest of its judge settings), and the
+    # person's last curation action on a pair: accept, reject, swap or edit
+    """
+    CREATE TABLE judges (id TEXT PRIMARY KEY, settings TEXT NOT NULL, created_at TEXT NOT NULL);
+    ALTER TABLE pairs ADD COLUMN curation TEXT;
+    UPDATE pairs SET curation = CASE status WHEN 'accepted' THEN 'accept' WHEN 'rejected' THEN 'reject'
+                                             WHEN 'edited' THEN 'edit' END;
+    """,
 ]
+CURATIONS = ("accept", "reject", "swap", "edit")
 
 
 def default_path() -> Path:
@@ -172,10 +181,14 @@ class Store:
             sql, args = sql + " AND model = ? AND adapter = ?", args + [model, adapter or ""]
         return self.db.execute(sql + " ORDER BY sample_index, id", args).fetchall()
 
-    def add_judgements(self, judge: str, rows: list[tuple[int, object]]) -> None:
-        """Store (candidate_id, Judgement) rows by `judge`; a newer judgement replaces an older one."""
+    def add_judgements(self, judge: str, rows: list[tuple[int, object]], settings: dict | None = None) -> None:
+        """Store (candidate_id, Judgement) rows by `judge`, whose `settings` are recorded with the id;
+        a newer judgement replaces an older one."""
         stamp = now()
         with self.transaction() as db:
+            if settings is not None:
+                db.execute("INSERT OR IGNORE INTO judges (id, settings, created_at) VALUES (?, ?, ?)",
+                           (judge, json.dumps(settings, sort_keys=True), stamp))
             db.executemany(
                 "INSERT OR REPLACE INTO judgements (candidate_id, judge, template, category, p_yes, mass, logit_margin, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -203,21 +216,25 @@ class Store:
                 "WHERE pairs.status = 'proposed'",
                 (prompt_id, chosen_id, rejected_id, judge, margin, now()))
 
-    def set_pair_status(self, pair_ids: int | list[int], status: str) -> None:
-        """Curate one pair or several at once (all of them, or none if an id is unknown)."""
+    def set_pair_status(self, pair_ids: int | list[int], status: str, bulk: bool = False) -> None:
+        """Curate one pair or several at once (all of them, or none if an id is unknown). A `bulk`
+        decision (every pair above a margin) is not a person's check of each pair: it leaves the
+        pairs' curation action unrecorded."""
         if status not in PAIR_STATUSES:
             raise IpoError(f"unknown pair status {status!r}: choose one of {', '.join(PAIR_STATUSES)}")
+        curation = None if bulk else {"accepted": "accept", "rejected": "reject"}.get(status)
         with self.transaction() as db:
             for pair_id in [pair_ids] if isinstance(pair_ids, int) else pair_ids:
-                if db.execute("UPDATE pairs SET status = ?, updated_at = ? WHERE id = ?",
-                              (status, now(), pair_id)).rowcount == 0:
+                if db.execute("UPDATE pairs SET status = ?, curation = ?, updated_at = ? WHERE id = ?",
+                              (status, curation, now(), pair_id)).rowcount == 0:
                     raise IpoError(f"no pair with id {pair_id}; nothing was changed")
 
     def swap_pair(self, pair_id: int) -> None:
         """A person says the judge had it backwards: chosen and rejected trade places."""
         with self.transaction() as db:
             if db.execute("UPDATE pairs SET chosen_id = rejected_id, rejected_id = chosen_id, margin = -margin, "
-                          "status = 'edited', updated_at = ? WHERE id = ?", (now(), pair_id)).rowcount == 0:
+                          "status = 'edited', curation = 'swap', updated_at = ? WHERE id = ?",
+                          (now(), pair_id)).rowcount == 0:
                 raise IpoError(f"no pair with id {pair_id}")
 
     def edit_pair(self, pair_id: int, chosen: str | None = None, rejected: str | None = None,
@@ -251,8 +268,8 @@ class Store:
                                        (cid, pair["judge"])).fetchone() for side, cid in ids.items()}
             margin = (scores["chosen"][0] - scores["rejected"][0]
                       if scores["chosen"] and scores["rejected"] else pair["margin"])
-            db.execute("UPDATE pairs SET chosen_id = ?, rejected_id = ?, margin = ?, status = 'edited', updated_at = ? "
-                       "WHERE id = ?", (ids["chosen"], ids["rejected"], margin, now(), pair_id))
+            db.execute("UPDATE pairs SET chosen_id = ?, rejected_id = ?, margin = ?, status = 'edited', curation = 'edit', "
+                       "updated_at = ? WHERE id = ?", (ids["chosen"], ids["rejected"], margin, now(), pair_id))
 
     def pairs(self, statuses: tuple[str, ...] = PAIR_STATUSES, set_name: str | None = None,
               judge: str | None = None) -> list[sqlite3.Row]:
@@ -276,6 +293,17 @@ class Store:
         if judge is not None:
             sql, args = sql + " AND pr.judge = ?", args + [judge]
         return self.db.execute(sql + " ORDER BY pr.id", args).fetchall()
+
+    def curation_counts(self) -> list[sqlite3.Row]:
+        """How often a person accepted, rejected, swapped or edited the judge's pairs: (judge, settings,
+        category, curation, pairs) rows, curated pairs only."""
+        return self.db.execute(
+            "SELECT pr.judge, jd.settings, COALESCE(jc.category, p.category, '') AS pair_category, pr.curation, "
+            "COUNT(*) AS pairs FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id "
+            "LEFT JOIN judges jd ON jd.id = pr.judge "
+            "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "
+            "WHERE pr.curation IS NOT NULL GROUP BY pr.judge, pair_category, pr.curation ORDER BY pr.judge, pair_category"
+        ).fetchall()
 
     # --- runs -------------------------------------------------------------------------------------
 

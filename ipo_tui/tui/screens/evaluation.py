@@ -117,6 +117,7 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
             yield Input("50", id="eval-limit", type="integer", max_length=6)
             yield Label("judge", classes="inline-label")
             yield Select([(k, k) for k in JUDGE_CHOICES], value="ipo", allow_blank=False, id="eval-judge")
+        yield Label("", id="eval-judge-line")
         with Horizontal(id="eval-progress-row", classes="row"):
             yield Label("", id="eval-progress-label")
             yield ProgressBar(id="eval-progress", show_eta=False)
@@ -136,9 +137,18 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
         table.add_column("IPO", key="ipo", width=7)
         table.add_column("self-reward", key="self-reward", width=11)
         self.query_one("#eval-progress-label", Label).update("not run yet")
+        self.show_judge()
         self.query_one("#eval-progress", ProgressBar).update(total=1, progress=0)
         self._draw()
         self.set_status("ctrl+r evaluates the loaded model on the file")
+
+    def show_judge(self) -> None:
+        """Which judge settings an evaluation uses (those of the loaded model)."""
+        judge = self.app.judge
+        self.query_one("#eval-judge-line", Label).update(judge.summary() if judge is not None else "")
+
+    def on_screen_resume(self) -> None:
+        self.show_judge()
 
     @on(Input.Submitted)
     def action_run_eval(self) -> None:
@@ -189,7 +199,13 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
                 self.post_message(EvalProgress(name, 0, len(pairs)))
                 lock = self.app.engine_lock  # taken per pair, so the score lab can work in between
                 if name == "ipo":
-                    result = evaluate(pairs, "ipo", judge=Locked(self.app.judge, lock, "score"), progress=progress)
+                    pairwise = None
+                    if self.app.judge.settings.mode == "pairwise":
+                        from ipo_tui.judge.pairwise import PairwiseJudge
+
+                        pairwise = PairwiseJudge(Locked(self.app.engine, lock, "last_logprobs"))
+                    result = evaluate(pairs, "ipo", judge=Locked(self.app.judge, lock, "score"), progress=progress,
+                                      pairwise=pairwise)
                 else:
                     result = evaluate(pairs, "self-reward", backend=Locked(self.app.engine, lock, "generate"),
                                       progress=progress)
@@ -235,6 +251,8 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
                 extra = f", mean Yes+No mass {summary['mean_mass']:.3f}"
             elif name == "self-reward":
                 extra = f", {result.parse_failures} of {2 * result.pairs} ratings unparsed"
+            if result.warning:
+                extra += f" ({result.warning})"
             parts.append(f"{LABELS[name]} accuracy {result.accuracy:.3f} on {result.pairs} pairs{extra}")
         return "; ".join(parts) or "no results"
 

@@ -153,6 +153,7 @@ threshold, the model is not answering Yes/No under this template.
         return self.query_one("#instruction", TextArea).text
 
     def category(self) -> str:
+        """The category chosen, or under "auto" the keyword router's (the lab shows its template)."""
         return route(self.instruction) if self._category_choice == "auto" else self._category_choice
 
     def _changed(self) -> None:
@@ -195,7 +196,9 @@ threshold, the model is not answering Yes/No under this template.
         if template.name == self._template_name:
             return
         self._template_name = template.name
-        self.query_one("#template-title", Label).update(f"Template: {template.name}")
+        setting = self.app.setting_for(self.category())
+        judged = "" if setting == template.name else f"  · judged by {setting}"
+        self.query_one("#template-title", Label).update(f"Template: {template.name}{judged}")
         for area_id, text in (("#tpl-system", template.system), ("#tpl-user", template.user)):
             area = self.query_one(area_id, TextArea)
             if area.text != text:
@@ -251,10 +254,12 @@ threshold, the model is not answering Yes/No under this template.
                 card.bar.show_pending()
         generating = f"generating {self._generated}/{self._to_generate} · " if self.generating else ""
         self.set_status(f"{generating}scoring…", "dim")
-        self.score_worker(self.version, instruction, items, self.category())
+        # "auto" under the model router: the judge routes in the worker (a forward pass, cached)
+        model_routed = self._category_choice == "auto" and judge.settings.router == "model"
+        self.score_worker(self.version, instruction, items, None if model_routed else self.category())
 
     @work(thread=True, exclusive=True, group="score", exit_on_error=False)
-    def score_worker(self, version: int, instruction: str, items: list[tuple[str, str]], category: str) -> None:
+    def score_worker(self, version: int, instruction: str, items: list[tuple[str, str]], category: str | None) -> None:
         worker = get_current_worker()
         app = self.app
         with app.engine_lock:
@@ -269,7 +274,8 @@ threshold, the model is not answering Yes/No under this template.
             except Exception as exc:  # an engine failure must not take the app down
                 self.post_message(ScoreFailed(version, f"{type(exc).__name__}: {exc}"))
                 return
-        self.post_message(Scored(version, {card_id: j for (card_id, _), j in zip(items, judgements)}, category))
+        self.post_message(Scored(version, {card_id: j for (card_id, _), j in zip(items, judgements)},
+                                 judgements[0].category if judgements else category))
 
     def on_scored(self, message: Scored) -> None:
         if message.version != self.version:

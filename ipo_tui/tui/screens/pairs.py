@@ -17,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static, TextArea
 
 from ipo_tui.errors import IpoError
+from ipo_tui.evaluation.pairwise import wilson
 from ipo_tui.tui.screens.base import ModeScreen, one_line
 from ipo_tui.workspace.store import PAIR_STATUSES
 
@@ -94,6 +95,7 @@ Every change is written to the workspace at once.
             yield Label("bulk margin ≥", classes="inline-label")
             yield Input("0.10", id="bulk-margin", type="number", max_length=6)
         yield DataTable(id="pairs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="agreement")
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -144,6 +146,26 @@ Every change is written to the workspace at once.
         if keep is not None and str(keep) in {str(r["id"]) for r in rows}:
             table.move_cursor(row=table.get_row_index(str(keep)), animate=False)
         self._summary()
+        self._agreement(store)
+
+    def _agreement(self, store) -> None:
+        """How often the person agreed with each judge setting: its accuracy on the user's own data."""
+        from ipo_tui.evaluation.agreement import person_agreement
+
+        by_judge: dict[str, list] = {}
+        for a in person_agreement(store):
+            by_judge.setdefault(a.settings, []).append(a)
+        lines = []
+        for settings, rows in by_judge.items():
+            agreed, checked = sum(a.accept for a in rows), sum(a.checked for a in rows)
+            if not checked:
+                continue
+            low, high = wilson(agreed, checked)
+            cats = " · ".join(f"{a.category} {a.accept}/{a.checked}" for a in rows if a.checked)
+            lines.append(f"you agreed with the judge ({settings}) on {agreed} of {checked} checked pairs: "
+                         f"{agreed / checked:.2f} (95% {low:.2f}–{high:.2f}) · {cats}")
+        self.query_one("#agreement", Static).update(
+            "\n".join(lines[-3:]) or "agreement with the judge: none checked yet (accepting or swapping a pair checks it)")
 
     def _cells(self, r) -> list:
         def score(x):
@@ -260,7 +282,7 @@ Every change is written to the workspace at once.
         ids = [r["id"] for r in self.rows if r["status"] == "proposed" and r["margin"] >= threshold]
         try:
             if ids:
-                self.app.store.set_pair_status(ids, "accepted")  # one transaction: all of them or none
+                self.app.store.set_pair_status(ids, "accepted", bulk=True)  # one transaction: all of them or none
         except IpoError as exc:
             self.error(str(exc), "bulk-accept")
             return
@@ -308,10 +330,10 @@ def swap_pair(screen, pair_id: int) -> bool:
 
 
 class Rescored(Message):
-    def __init__(self, pair_id: int, chosen: str, rejected: str, judgements, judge_id: str, error: str | None) -> None:
+    def __init__(self, pair_id: int, chosen: str, rejected: str, judgements, error: str | None) -> None:
         super().__init__()
         self.pair_id, self.chosen, self.rejected = pair_id, chosen, rejected
-        self.judgements, self.judge_id, self.error = judgements, judge_id, error
+        self.judgements, self.error = judgements, error
 
 
 class PairScreen(ModalScreen):
@@ -428,9 +450,11 @@ class PairScreen(ModalScreen):
         if not chosen.strip() or not rejected.strip():
             self.note("both texts need some content", "red")
             return
-        if self.app.judge is None:
-            self._store_edit(chosen, rejected, None, "")
-            self.note("saved (not re-scored: no model loaded)", "yellow")
+        if self.app.judge is None or self.app.judge.id != self.row["judge"]:
+            # another judge's scores never join this pair's: the edit is saved unscored
+            why = "no model loaded" if self.app.judge is None else "the loaded judge did not propose this pair"
+            if self._store_edit(chosen, rejected, None):
+                self.note(f"saved (not re-scored: {why})", "yellow")
             return
         from ipo_tui.judge.routing import category_for
 
@@ -440,8 +464,6 @@ class PairScreen(ModalScreen):
 
     @work(thread=True, exclusive=True, group="rescore", exit_on_error=False)
     def _rescore(self, prompt: str, chosen: str, rejected: str, category: str) -> None:
-        from ipo_tui.loop.stages import policy_of
-
         with self.app.engine_lock:
             judge = self.app.judge
             try:
@@ -449,18 +471,17 @@ class PairScreen(ModalScreen):
                 error = None
             except Exception as exc:
                 judgements, error = None, str(exc) if isinstance(exc, IpoError) else f"{type(exc).__name__}: {exc}"
-            judge_id = policy_of(judge.backend).judge_id
-        self.post_message(Rescored(self.pair_id, chosen, rejected, judgements, judge_id, error))
+        self.post_message(Rescored(self.pair_id, chosen, rejected, judgements, error))
 
     def on_rescored(self, message: Rescored) -> None:
         if message.error:
             self.note(f"✗ re-scoring failed: {message.error}; nothing saved", "red")
             return
-        if self._store_edit(message.chosen, message.rejected, message.judgements, message.judge_id):
+        if self._store_edit(message.chosen, message.rejected, message.judgements):
             jc, jr = message.judgements
             self.note(f"saved and re-scored by the loaded model: chosen {jc.p_yes:.3f}, rejected {jr.p_yes:.3f}", "green")
 
-    def _store_edit(self, chosen: str, rejected: str, judgements, judge_id: str) -> bool:
+    def _store_edit(self, chosen: str, rejected: str, judgements) -> bool:
         """Store the edit (new candidates, status 'edited'); with judgements, their scores and margin."""
         store = self.app.store
         edits = {"chosen": chosen if chosen != self.row["chosen"] else None,

@@ -1,0 +1,243 @@
+"""Choosing a judge setting per category on labelled pairs, with k-fold cross-validation.
+
+Every setting is a function of a few numbers per pair (`Features`: each candidate template's raw
+margin for both replies, the same under a content-free instruction, the replies' lengths, and the
+pairwise verdicts), so the model runs once per pair and template; those numbers are cached on
+disk per model and file, and a search resumes where it stopped.
+
+The figure a search reports for its choice is cross-validated: for each fold, the setting is
+chosen on the other folds and scored on this one, so no pair is scored by a setting it chose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ipo_tui.errors import IpoError
+from ipo_tui.judge.routing import category_for
+from ipo_tui.judge.scoring import combine, log_length
+from ipo_tui.judge.settings import CategorySetting
+
+PMI_WEIGHTS = (0.0, 0.5, 1.0)
+SEARCH = "search, cross-validated"
+FOLDS = 5
+
+
+@dataclass
+class Features:
+    """The numbers of one category's pairs: arrays of shape (templates, pairs) or (pairs,)."""
+
+    templates: list  # Template objects, the category's own first
+    chosen: np.ndarray
+    rejected: np.ndarray
+    base_chosen: np.ndarray
+    base_rejected: np.ndarray
+    len_chosen: np.ndarray
+    len_rejected: np.ndarray
+    pairwise: np.ndarray  # (pairs, 2): d1, d2 with the chosen reply shown first; NaN when not measured
+
+    @property
+    def n(self) -> int:
+        return self.chosen.shape[1]
+
+
+def pair_key(row: dict) -> str:
+    return hashlib.sha1(json.dumps([row["prompt"], row["chosen"], row["rejected"]]).encode()).hexdigest()[:16]
+
+
+def cache_file(folder: Path, model_id: str, templates: list) -> Path:
+    """One cache per model and template texts (a change of wording is a new cache)."""
+    text = json.dumps([model_id, [[t.name, t.system, t.user, t.polarity] for t in templates]])
+    return folder / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.jsonl"
+
+
+def extract(judge, rows: list[dict], templates: list, cache: Path, pairwise_judge=None,
+            progress: Callable[[int, int], None] = lambda done, total: None) -> Features:
+    """The features of `rows` (pairs of one category) under `templates`, read from `cache` where
+    present and appended to it as they are computed."""
+    known: dict[str, dict] = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: computed again
+                continue
+            known[record["key"]] = record
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    records = []
+    with cache.open("a") as fh:
+        for done, row in enumerate(rows, 1):
+            key = pair_key(row)
+            record = known.get(key)
+            if record is None or (pairwise_judge is not None and record.get("pairwise") is None):
+                record = record or _measure(judge, row, templates)
+                if pairwise_judge is not None:
+                    record["pairwise"] = list(pairwise_judge.raw(row["prompt"], row["chosen"], row["rejected"]))
+                record["key"] = key
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+            records.append(record)
+            progress(done, len(rows))
+    nan = [float("nan")] * 2
+    return Features(
+        templates,
+        *(np.array([r[field] for r in records], dtype=np.float64).T.reshape(len(templates), len(records))
+          for field in ("chosen", "rejected", "base_chosen", "base_rejected")),
+        log_length([row["chosen"] for row in rows]), log_length([row["rejected"] for row in rows]),
+        np.array([r.get("pairwise") or nan for r in records], dtype=np.float64).reshape(len(records), 2),
+    )
+
+
+def _measure(judge, row: dict, templates: list) -> dict:
+    replies = [row["chosen"], row["rejected"]]
+    out = {"chosen": [], "rejected": [], "base_chosen": [], "base_rejected": []}
+    for t in templates:
+        margin, _, _ = judge.margins(t, row["prompt"], replies)
+        base = judge.baselines(t, replies)
+        out["chosen"].append(float(margin[0]))
+        out["rejected"].append(float(margin[1]))
+        out["base_chosen"].append(float(base[0]))
+        out["base_rejected"].append(float(base[1]))
+    return out
+
+
+# --- settings as functions of the features --------------------------------------------------------
+
+
+def margins(f: Features, setting: CategorySetting, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The setting's margin for the chosen and the rejected reply of each pair (in `idx`)."""
+    idx = np.arange(f.n) if idx is None else idx
+    picked = [i for i, t in enumerate(f.templates) if t.name in setting.templates]
+    signs = [f.templates[i].sign for i in picked]
+    out = []
+    for m, b, length in ((f.chosen, f.base_chosen, f.len_chosen), (f.rejected, f.base_rejected, f.len_rejected)):
+        out.append(combine([m[i, idx] for i in picked], [b[i, idx] for i in picked], signs, length[idx], setting))
+    return out[0], out[1]
+
+
+def correct(f: Features, setting: CategorySetting, idx: np.ndarray | None = None) -> np.ndarray:
+    chosen, rejected = margins(f, setting, idx)
+    return chosen > rejected  # a tie (or NaN) counts wrong, as in `ipo eval`
+
+
+def fit_length(f: Features, setting: CategorySetting, idx: np.ndarray) -> CategorySetting:
+    """The setting with a length slope: the within-pair regression of the margin difference on the
+    log-length difference over the pairs in `idx`. Label-free (swapping a pair's replies flips both
+    differences), so it may be fit on any pairs; the centre is their mean log length."""
+    plain = CategorySetting(setting.templates, setting.pmi)
+    chosen, rejected = margins(f, plain, idx)
+    dm, dl = chosen - rejected, f.len_chosen[idx] - f.len_rejected[idx]
+    keep = np.isfinite(dm)
+    slope = float((dm[keep] * dl[keep]).sum() / (dl[keep] ** 2).sum()) if (dl[keep] ** 2).sum() > 0 else 0.0
+    centre = float(np.concatenate([f.len_chosen[idx], f.len_rejected[idx]]).mean())
+    return CategorySetting(setting.templates, setting.pmi, round(slope, 4), round(centre, 4))
+
+
+def candidates(f: Features) -> list[tuple[CategorySetting, bool]]:
+    """Every (setting, length control) the search considers, simplest first: the category's own
+    template alone (the plain recipe), then by how many things a setting adds."""
+    names = [t.name for t in f.templates]
+    subsets = [c for k in range(1, len(names) + 1) for c in itertools.combinations(names, k)]
+    every = [(CategorySetting(s, pmi), length) for length in (False, True) for pmi in PMI_WEIGHTS for s in subsets]
+    return sorted(every, key=lambda c: len(c[0].templates) - 1 + (c[0].pmi > 0) + c[1])
+
+
+def _resolve(f: Features, setting: CategorySetting, length: bool, fit_on: np.ndarray) -> CategorySetting:
+    return fit_length(f, setting, fit_on) if length else setting
+
+
+def choose(f: Features, idx: np.ndarray) -> CategorySetting:
+    """The simplest setting whose accuracy on the pairs in `idx` is within one standard error of the
+    best one's (the one-standard-error rule): among some forty settings and a few dozen pairs, the
+    best by a pair or two is as often luck as merit, and a simpler setting transfers better.
+    Length slopes are fit on the same pairs."""
+    scored = []
+    for setting, length in candidates(f):
+        resolved = _resolve(f, setting, length, idx)
+        scored.append((float(correct(f, resolved, idx).mean()), resolved))
+    best = max(accuracy for accuracy, _ in scored)
+    tolerance = float(np.sqrt(best * (1 - best) / len(idx)))
+    return next(setting for accuracy, setting in scored if accuracy >= best - tolerance)
+
+
+def folds(n: int, k: int = FOLDS) -> list[np.ndarray]:
+    """k folds by position (pair i goes to fold i mod k): a file grouped by subset spreads each
+    subset over every fold."""
+    if n < k:
+        raise IpoError(f"{n} pairs cannot be split into {k} folds; give more pairs or fewer --folds")
+    return [np.arange(i, n, k) for i in range(k)]
+
+
+def cross_validate(f: Features, k: int = FOLDS, chooser: Callable = None) -> tuple[int, list[CategorySetting]]:
+    """(pairs right on held-out folds, the setting chosen for each fold): each fold is scored by a
+    setting chosen on the other folds only."""
+    chooser = chooser or choose
+    right, chosen = 0, []
+    parts = folds(f.n, k)
+    for i, held in enumerate(parts):
+        train = np.concatenate([p for j, p in enumerate(parts) if j != i])
+        setting = chooser(f, train)
+        right += int(correct(f, setting, held).sum())
+        chosen.append(setting)
+    return right, chosen
+
+
+@dataclass
+class Technique:
+    name: str
+    right: int
+    n: int
+    note: str = ""
+
+
+def techniques(f: Features, k: int = FOLDS) -> list[Technique]:
+    """Each technique on its own against the plain recipe, and the search's cross-validated choice.
+    A technique with nothing to fit is measured on all pairs; one that fits (length control, the
+    search) is cross-validated."""
+    own = f.templates[0].name
+    plain = CategorySetting((own,))
+    rows = [Technique(f"plain ({own})", int(correct(f, plain).sum()), f.n)]
+    rows.append(Technique("pmi baseline 1.0", int(correct(f, CategorySetting((own,), 1.0)).sum()), f.n))
+    everything = CategorySetting(tuple(t.name for t in f.templates))
+    rows.append(Technique(f"ensemble of {len(f.templates)}", int(correct(f, everything).sum()), f.n,
+                          "+".join(everything.templates)))
+    for t in f.templates[1:]:
+        if t.polarity == "negative":
+            rows.append(Technique(f"negative: {t.name}", int(correct(f, CategorySetting((t.name,))).sum()), f.n))
+    lc, _ = cross_validate(f, k, lambda f_, idx: fit_length(f_, plain, idx))
+    rows.append(Technique("length control", lc, f.n, "slope fit on the other folds"))
+    if np.isfinite(f.pairwise).all():
+        d1, d2 = f.pairwise[:, 0], f.pairwise[:, 1]
+        consistent = float(((d1 > 0) != (d2 > 0)).mean())
+        rows.append(Technique("pairwise, both orders", int(((d1 - d2) / 2 > 0).sum()), f.n,
+                              f"{consistent:.0%} position-consistent"))
+    right, _ = cross_validate(f, k)
+    rows.append(Technique(SEARCH, right, f.n, f"on all pairs it chooses {choose(f, np.arange(f.n)).describe()}"))
+    return rows
+
+
+def router_accuracy(rows: list[dict], routers: dict[str, Callable[[str], str]],
+                    progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, tuple[int, int]]:
+    """{router name: (prompts routed to their labelled category, prompts)} over rows with a label."""
+    labelled = [(r["prompt"], category_for(r["category"], r["prompt"])) for r in rows if r.get("category")]
+    right = dict.fromkeys(routers, 0)
+    for done, (prompt, truth) in enumerate(labelled, 1):
+        for name, router in routers.items():
+            right[name] += router(prompt) == truth
+        progress(done, len(labelled))
+    return {name: (count, len(labelled)) for name, count in right.items()}
+
+
+def by_category(pairs: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in pairs:
+        groups[category_for(row["category"], row["prompt"])].append(row)
+    return dict(groups)

@@ -1,0 +1,138 @@
+"""The judge's settings: per category, which templates, and how their log-odds are combined.
+
+Config (`judge:` in config.yaml; `judge.models.NAME` holds what `ipo prompts search` chose for one
+model and overrides the rest for it):
+
+    judge:
+      router: keyword          # or model: the model's own next-token choice among the categories
+      mode: pointwise          # or pairwise, for pair-only uses (eval, pairs build)
+      calibrate: false         # subtract a content-free reply's score: only thresholds change
+      min_mass: 0.01
+      categories:
+        chat: {templates: [chat, chat-flaw], pmi: 1.0, length_slope: 0.4, length_centre: 6.2}
+
+A category's margin is the mean over its templates of sign * (m - pmi * m0), where m is z_yes - z_no
+for the response and m0 the same response under a content-free instruction (PMI-style), minus
+length_slope * (log(1 + characters) - length_centre).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from ipo_tui.errors import IpoError
+from ipo_tui.judge.templates import CATEGORIES
+
+ROUTERS = ("keyword", "model")
+MODES = ("pointwise", "pairwise")
+DEFAULT_MIN_MASS = 0.01  # the embedded 135M model gives 0.06-0.2 on ordinary prompts
+
+
+@dataclass(frozen=True)
+class CategorySetting:
+    templates: tuple[str, ...]
+    pmi: float = 0.0
+    length_slope: float = 0.0
+    length_centre: float = 0.0
+
+    def describe(self) -> str:
+        parts = ["+".join(self.templates)]
+        if self.pmi:
+            parts.append(f"pmi {self.pmi:g}")
+        if self.length_slope:
+            parts.append(f"length {self.length_slope:+.2f}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    categories: dict[str, CategorySetting] = field(default_factory=dict)
+    router: str = "keyword"
+    mode: str = "pointwise"
+    calibrate: bool = False
+    min_mass: float = DEFAULT_MIN_MASS
+
+    def for_category(self, category: str) -> CategorySetting:
+        """The category's setting; a category not configured asks its own template alone."""
+        return self.categories.get(category) or CategorySetting((category,))
+
+    def with_category(self, category: str, setting: CategorySetting) -> "JudgeSettings":
+        return replace(self, categories={**self.categories, category: setting})
+
+    def as_config(self) -> dict:
+        return {"router": self.router, "mode": self.mode, "calibrate": self.calibrate, "min_mass": self.min_mass,
+                "categories": {k: {**asdict(v), "templates": list(v.templates)} for k, v in sorted(self.categories.items())}}
+
+    def digest(self, templates: dict) -> str:
+        """A short id of everything that decides a score, template texts included: judgements made
+        under different settings are stored apart."""
+        used = sorted({name for c in self.categories.values() for name in c.templates} | set(CATEGORIES))
+        decisive = {k: v for k, v in self.as_config().items() if k != "min_mass"}  # it only flags, never scores
+        text = json.dumps([decisive, [[templates[n].system, templates[n].user, templates[n].polarity]
+                                      for n in used if n in templates]], sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _category(name: str, spec) -> CategorySetting:
+    if isinstance(spec, str):  # a template name alone
+        spec = {"templates": [spec]}
+    if not isinstance(spec, dict) or not spec.get("templates"):
+        raise IpoError(f"config judge.categories.{name}: give a mapping with a 'templates' list")
+    names = spec["templates"]
+    names = [names] if isinstance(names, str) else names
+    try:
+        return CategorySetting(tuple(str(n) for n in names), float(spec.get("pmi", 0.0)),
+                               float(spec.get("length_slope", 0.0)), float(spec.get("length_centre", 0.0)))
+    except (TypeError, ValueError):
+        raise IpoError(f"config judge.categories.{name}: pmi, length_slope and length_centre must be numbers") from None
+
+
+def load_settings(config: dict | None, model: str | None = None) -> JudgeSettings:
+    """The settings of `config`, with what was saved for `model` (judge.models.MODEL) on top."""
+    cfg = dict((config or {}).get("judge") or {})
+    if not isinstance(cfg, dict):
+        raise IpoError("config judge: expected a mapping")
+    layers = [cfg]
+    saved = (cfg.get("models") or {}).get(model) if model else None
+    if saved:
+        layers.append(saved)
+    categories: dict[str, CategorySetting] = {}
+    merged: dict = {}
+    for layer in layers:
+        # category_templates: the one-template-per-category form earlier versions saved
+        for name, spec in {**(layer.get("category_templates") or {}), **(layer.get("categories") or {})}.items():
+            categories[name] = _category(name, spec)
+        merged.update({k: v for k, v in layer.items() if k in ("router", "mode", "calibrate", "min_mass")})
+    settings = JudgeSettings(categories, str(merged.get("router", "keyword")), str(merged.get("mode", "pointwise")),
+                             bool(merged.get("calibrate", False)), float(merged.get("min_mass", DEFAULT_MIN_MASS)))
+    return check(settings)
+
+
+def override(settings: JudgeSettings, mode: str | None = None, router: str | None = None,
+             calibrate: bool | None = None, plain: bool = False) -> JudgeSettings:
+    """The settings with a command's --judge-* flags applied; `plain` is the paper's recipe (each
+    category's own template alone, nothing saved for the model)."""
+    if plain:
+        settings = JudgeSettings(min_mass=settings.min_mass)
+    changes = {k: v for k, v in (("mode", mode), ("router", router), ("calibrate", calibrate)) if v is not None}
+    return check(replace(settings, **changes))
+
+
+def check(settings: JudgeSettings) -> JudgeSettings:
+    if settings.router not in ROUTERS:
+        raise IpoError(f"judge router {settings.router!r}: choose keyword or model")
+    if settings.mode not in MODES:
+        raise IpoError(f"judge mode {settings.mode!r}: choose pointwise or pairwise")
+    return settings
+
+
+def save_for_model(config: dict, model: str, settings: JudgeSettings, chosen: dict[str, CategorySetting]) -> dict:
+    """`config` with `chosen` (and the router) kept under judge.models.MODEL."""
+    judge = config.setdefault("judge", {})
+    entry = judge.setdefault("models", {}).setdefault(model, {})
+    entry["router"] = settings.router
+    entry.setdefault("categories", {}).update(
+        {k: {**asdict(v), "templates": list(v.templates)} for k, v in sorted(chosen.items())})
+    return config
