@@ -126,7 +126,7 @@ def prompts_search(
     report, chosen = {}, {}
     for category, rows in groups.items():
         templates = custom.get(category) or [judge.named(n) for n in POOL.get(category, (category,))]
-        cache = search.cache_file(folder, judge.id.split("#")[0], templates)
+        cache = search.cache_file(folder, judge.policy, templates)
         bar, progress = progress_bar(f"measuring {category} ({len(templates)} templates)")
         with bar:
             features = search.extract(judge, rows, templates, cache, pairwise_judge, progress)
@@ -157,7 +157,7 @@ def prompts_search(
               f"the overall figure weights categories by their pairs here, not as the eval file does")
     if save:
         name = judge.backend.ref.name
-        config = save_for_model(config, name, judge.settings, chosen)
+        config = save_for_model(config, name, chosen)
         for ts in custom.values():
             config.setdefault("templates", {}).update(
                 {t.name: {"system": t.system, "user": t.user, "polarity": t.polarity} for t in ts})

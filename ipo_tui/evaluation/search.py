@@ -150,10 +150,6 @@ def candidates(f: Features) -> list[tuple[CategorySetting, bool]]:
     return sorted(every, key=lambda c: len(c[0].templates) - 1 + (c[0].pmi > 0) + c[1])
 
 
-def _resolve(f: Features, setting: CategorySetting, length: bool, fit_on: np.ndarray) -> CategorySetting:
-    return fit_length(f, setting, fit_on) if length else setting
-
-
 def choose(f: Features, idx: np.ndarray) -> CategorySetting:
     """The simplest setting whose accuracy on the pairs in `idx` is within one standard error of the
     best one's (the one-standard-error rule): among some forty settings and a few dozen pairs, the
@@ -161,7 +157,7 @@ def choose(f: Features, idx: np.ndarray) -> CategorySetting:
     Length slopes are fit on the same pairs."""
     scored = []
     for setting, length in candidates(f):
-        resolved = _resolve(f, setting, length, idx)
+        resolved = fit_length(f, setting, idx) if length else setting
         scored.append((float(correct(f, resolved, idx).mean()), resolved))
     best = max(accuracy for accuracy, _ in scored)
     tolerance = float(np.sqrt(best * (1 - best) / len(idx)))
@@ -176,18 +172,15 @@ def folds(n: int, k: int = FOLDS) -> list[np.ndarray]:
     return [np.arange(i, n, k) for i in range(k)]
 
 
-def cross_validate(f: Features, k: int = FOLDS, chooser: Callable = None) -> tuple[int, list[CategorySetting]]:
-    """(pairs right on held-out folds, the setting chosen for each fold): each fold is scored by a
-    setting chosen on the other folds only."""
-    chooser = chooser or choose
-    right, chosen = 0, []
+def cross_validate(f: Features, k: int = FOLDS, chooser: Callable = choose) -> int:
+    """Pairs right on held-out folds, each fold judged by a setting `chooser` picked on the other
+    folds only."""
+    right = 0
     parts = folds(f.n, k)
     for i, held in enumerate(parts):
         train = np.concatenate([p for j, p in enumerate(parts) if j != i])
-        setting = chooser(f, train)
-        right += int(correct(f, setting, held).sum())
-        chosen.append(setting)
-    return right, chosen
+        right += int(correct(f, chooser(f, train), held).sum())
+    return right
 
 
 @dataclass
@@ -212,14 +205,14 @@ def techniques(f: Features, k: int = FOLDS) -> list[Technique]:
     for t in f.templates[1:]:
         if t.polarity == "negative":
             rows.append(Technique(f"negative: {t.name}", int(correct(f, CategorySetting((t.name,))).sum()), f.n))
-    lc, _ = cross_validate(f, k, lambda f_, idx: fit_length(f_, plain, idx))
+    lc = cross_validate(f, k, lambda f_, idx: fit_length(f_, plain, idx))
     rows.append(Technique("length control", lc, f.n, "slope fit on the other folds"))
     if np.isfinite(f.pairwise).all():
         d1, d2 = f.pairwise[:, 0], f.pairwise[:, 1]
         consistent = float(((d1 > 0) != (d2 > 0)).mean())
         rows.append(Technique("pairwise, both orders", int(((d1 - d2) / 2 > 0).sum()), f.n,
                               f"{consistent:.0%} position-consistent"))
-    right, _ = cross_validate(f, k)
+    right = cross_validate(f, k)
     rows.append(Technique(SEARCH, right, f.n, f"on all pairs it chooses {choose(f, np.arange(f.n)).describe()}"))
     return rows
 

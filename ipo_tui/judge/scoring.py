@@ -105,12 +105,17 @@ class Judge:
         self.missing = 0  # judgements so far with neither Yes nor No among a server's top logprobs
 
     @property
+    def policy(self) -> str:
+        """The weights that judge: the model, and the adapter on it if any."""
+        identity = self.backend.ref.identity
+        return f"{identity}+{self.backend.adapter}" if self.backend.adapter else identity
+
+    @property
     def id(self) -> str:
         """What the workspace records as this judge: the policy, and a digest of the settings unless
-        they are the defaults, so judgements made under different settings never mix."""
-        policy = f"{self.backend.ref.identity}+{self.backend.adapter}" if self.backend.adapter else self.backend.ref.identity
+        they are the plain recipe, so judgements made under different settings never mix."""
         digest = self.settings.digest(self.templates)
-        return policy if digest == _default_digest() else f"{policy}#{digest}"
+        return self.policy if digest == _default_digest() else f"{self.policy}#{digest}"
 
     def describe(self) -> dict:
         """The settings, as recorded with the judgements."""
@@ -121,7 +126,8 @@ class Judge:
         s = self.settings
         parts = [f"{c}: {v.describe()}" for c, v in sorted(s.categories.items())] or ["each category's own template"]
         extra = [f"mode {s.mode}"] + (["router model"] if s.router == "model" else []) + (["calibrated"] if s.calibrate else [])
-        return f"judge {self.id.split('#')[1] if '#' in self.id else '(plain recipe)'}: {'; '.join(parts)}; {', '.join(extra)}"
+        name = "(plain recipe)" if self.id == self.policy else self.id[len(self.policy) + 1:]
+        return f"judge {name}: {'; '.join(parts)}; {', '.join(extra)}"
 
     def route(self, instruction: str) -> str:
         """The category of an instruction, by the configured router."""

@@ -58,9 +58,6 @@ class JudgeSettings:
         """The category's setting; a category not configured asks its own template alone."""
         return self.categories.get(category) or CategorySetting((category,))
 
-    def with_category(self, category: str, setting: CategorySetting) -> "JudgeSettings":
-        return replace(self, categories={**self.categories, category: setting})
-
     def as_config(self) -> dict:
         return {"router": self.router, "mode": self.mode, "calibrate": self.calibrate, "min_mass": self.min_mass,
                 "categories": {k: {**asdict(v), "templates": list(v.templates)} for k, v in sorted(self.categories.items())}}
@@ -91,23 +88,34 @@ def _category(name: str, spec) -> CategorySetting:
 
 def load_settings(config: dict | None, model: str | None = None) -> JudgeSettings:
     """The settings of `config`, with what was saved for `model` (judge.models.MODEL) on top."""
-    cfg = dict((config or {}).get("judge") or {})
+    cfg = (config or {}).get("judge") or {}
     if not isinstance(cfg, dict):
-        raise IpoError("config judge: expected a mapping")
+        raise IpoError("config judge: expected a mapping (router, mode, calibrate, min_mass, categories, models)")
     layers = [cfg]
-    saved = (cfg.get("models") or {}).get(model) if model else None
+    models = cfg.get("models") or {}
+    if not isinstance(models, dict):
+        raise IpoError("config judge.models: expected a mapping of model name to its saved setting")
+    saved = models.get(model) if model else None
     if saved:
+        if not isinstance(saved, dict):
+            raise IpoError(f"config judge.models.{model}: expected a mapping with 'categories'")
         layers.append(saved)
     categories: dict[str, CategorySetting] = {}
     merged: dict = {}
     for layer in layers:
         # category_templates: the one-template-per-category form earlier versions saved
+        for key in ("category_templates", "categories"):
+            if not isinstance(layer.get(key) or {}, dict):
+                raise IpoError(f"config judge {key}: expected a mapping of category to setting")
         for name, spec in {**(layer.get("category_templates") or {}), **(layer.get("categories") or {})}.items():
             categories[name] = _category(name, spec)
         merged.update({k: v for k, v in layer.items() if k in ("router", "mode", "calibrate", "min_mass")})
-    settings = JudgeSettings(categories, str(merged.get("router", "keyword")), str(merged.get("mode", "pointwise")),
-                             bool(merged.get("calibrate", False)), float(merged.get("min_mass", DEFAULT_MIN_MASS)))
-    return check(settings)
+    try:
+        min_mass = float(merged.get("min_mass", DEFAULT_MIN_MASS))
+    except (TypeError, ValueError):
+        raise IpoError(f"config judge.min_mass: {merged['min_mass']!r} is not a number") from None
+    return check(JudgeSettings(categories, str(merged.get("router", "keyword")), str(merged.get("mode", "pointwise")),
+                               bool(merged.get("calibrate", False)), min_mass))
 
 
 def override(settings: JudgeSettings, mode: str | None = None, router: str | None = None,
@@ -128,11 +136,9 @@ def check(settings: JudgeSettings) -> JudgeSettings:
     return settings
 
 
-def save_for_model(config: dict, model: str, settings: JudgeSettings, chosen: dict[str, CategorySetting]) -> dict:
-    """`config` with `chosen` (and the router) kept under judge.models.MODEL."""
-    judge = config.setdefault("judge", {})
-    entry = judge.setdefault("models", {}).setdefault(model, {})
-    entry["router"] = settings.router
+def save_for_model(config: dict, model: str, chosen: dict[str, CategorySetting]) -> dict:
+    """`config` with `chosen` kept under judge.models.MODEL (other categories saved there stay)."""
+    entry = config.setdefault("judge", {}).setdefault("models", {}).setdefault(model, {})
     entry.setdefault("categories", {}).update(
         {k: {**asdict(v), "templates": list(v.templates)} for k, v in sorted(chosen.items())})
     return config

@@ -197,7 +197,7 @@ threshold, the model is not answering Yes/No under this template.
             return
         self._template_name = template.name
         setting = self.app.setting_for(self.category())
-        judged = "" if setting == template.name else f"  · judged by {setting}"
+        judged = "" if setting == template.name else f"\n judged by {setting}"
         self.query_one("#template-title", Label).update(f"Template: {template.name}{judged}")
         for area_id, text in (("#tpl-system", template.system), ("#tpl-user", template.user)):
             area = self.query_one(area_id, TextArea)
