@@ -45,13 +45,8 @@ class ModelRouter:
         self._cache: dict[str, str] = {}
 
     def probabilities(self, instruction: str) -> np.ndarray:
-        """p(category) over NAMES, renormalised over the names' spellings."""
-        scores = self._log_scores(instruction)
-        p = np.exp(scores - scores.max())
-        return p / p.sum()
-
-    def _log_scores(self, instruction: str) -> np.ndarray:
-        """log p of each category name (its spellings summed) as the answer's first token."""
+        """p(category) over NAMES: each name's spellings summed as the answer's first token,
+        renormalised over the names."""
         text = self.backend.render_chat([{"role": "user", "content": _QUESTION.replace("{instruction}", instruction)}])
         head = self.backend.tokenize(self.backend.render_chat(
             [{"role": "user", "content": _QUESTION.split("{instruction}")[0]}]))
@@ -64,7 +59,8 @@ class ModelRouter:
         for group in self.ids:
             scores.append(np.logaddexp.reduce(lp[at:at + len(group)]))
             at += len(group)
-        return np.array(scores)
+        p = np.exp(np.array(scores) - max(scores))
+        return p / p.sum()
 
     def route(self, instruction: str) -> str:
         if instruction not in self._cache:
