@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -22,31 +21,18 @@ from pathlib import Path
 from ipo_tui import backends
 from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
+from ipo_tui.evaluation.gsm8k import DATA, final_number
 from ipo_tui.judge.scoring import Judge
 from ipo_tui.loop import stages
 from ipo_tui.workspace.records import load_prompts
 from ipo_tui.workspace.store import Store
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "gsm8k-test.jsonl"
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def final_number(text: str) -> float | None:
-    numbers = _NUMBER.findall(text)
-    if not numbers:
-        return None
-    try:
-        return float(numbers[-1].replace(",", ""))
-    except ValueError:
-        return None
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("-n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=192)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DATA, help="GSM8K prompts with an `answer` (default: the shipped test set)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     args = parser.parse_args()
 

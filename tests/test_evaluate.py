@@ -111,7 +111,7 @@ def test_bestofn_ranks_sampled_answers(user_dirs):
 
 
 def test_wilson_interval():
-    from ipo_tui.evaluation.pairwise import wilson
+    from ipo_tui.evaluation.stats import wilson
 
     low, high = wilson(8, 10)  # the textbook case: 0.80 of 10 -> [0.490, 0.943]
     assert (round(low, 3), round(high, 3)) == (0.49, 0.943)

@@ -195,6 +195,37 @@ def test_one_loop_iteration(store, tmp_path, tiny_model):
     assert iterations.run(store, loop_id, on_event=lambda m: None)["done"] == record["done"]  # nothing left to do
 
 
+def test_loop_with_random_pairs_and_a_benchmark(store, tmp_path, tiny_model):
+    """The control arm trains on random pairs of the same candidates; policy 0 and each new policy
+    are benchmarked, the figures stored per iteration and compared with policy 0."""
+    from ipo_tui.loop import controls, iterations, stages
+    from ipo_tui.workspace.records import load_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in PAIRS + PAIRS[:1]))
+    store.add_prompt_set("tiny", str(prompts), load_prompts(str(prompts)))
+    bench = {"tasks": ["ifeval", "gsm8k"], "limit": 2, "max_tokens": 4}
+    loop_id = iterations.start(store, "tiny", 2, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), holdout=0.2,
+                               overrides=dict(FAST, epochs=1), pairs_by="random", bench=bench)
+    record = iterations.run(store, loop_id, on_event=lambda message: None)
+    assert [it["pairs_by"] for it in record["done"]] == ["random", "random"]
+    assert "judge" not in record["done"][0]["seconds"]  # a rule pairs without judging
+    policy0 = stages.Policy(record["done"][0]["policy"])  # the base: no adapter
+    assert len(store.pairs(judge=controls.pairer_id("random", policy0, 0))) >= 4  # unless a prompt drew one text twice
+    ids = [record["bench0"]["id"]] + [it["bench"]["id"] for it in record["done"]]
+    assert len(set(ids)) == 3  # one benchmark per policy
+    for bench_id in ids:
+        assert len(store.bench_items(bench_id, "ifeval")) == 2 and len(store.bench_items(bench_id, "gsm8k")) == 2
+    rows = iterations.benchmarks(store, record)
+    assert [r["policy"] for r in rows] == [0, 1, 2]
+    assert rows[0]["change"] == {} and rows[2]["change"]["ifeval prompt strict"]["n"] == 2
+    assert record["done"][0]["drift"]["sample_tokens"] > 0 and "logps_chosen" in record["done"][0]["drift"]
+    with pytest.raises(IpoError, match="--eval-file"):
+        iterations.start(store, "tiny", 1, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), bench={"tasks": ["judge"]})
+    with pytest.raises(IpoError, match="--pairs-by"):
+        iterations.start(store, "tiny", 1, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), pairs_by="best")
+
+
 def test_settings_are_checked(tmp_path):
     assert settings.load()["beta"] == 0.1
     assert settings.load(overrides={"learning_rate": "1e-4"})["learning_rate"] == 1e-4

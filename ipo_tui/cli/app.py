@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ipo_tui.cli import data, evaluation, export, scoring, training
+from ipo_tui.cli import bench, data, evaluation, export, scoring, training
 from ipo_tui.cli.common import ModelOpt, WorkspaceOpt, err
 from ipo_tui.errors import IpoError
 
@@ -54,6 +54,7 @@ app.command()(data.judge)
 app.add_typer(data.pairs_app, name="pairs")
 app.command("eval")(evaluation.eval_pairs)
 app.command()(evaluation.bestofn)
+app.add_typer(bench.app, name="bench")
 app.add_typer(training.train_app, name="train")
 app.command("runs")(training.runs)
 app.command("loop")(training.loop)

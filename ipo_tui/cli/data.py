@@ -94,7 +94,8 @@ def prompts_search(
 
     from ipo_tui.config import cache_dir, config_path, load_config, save_config
     from ipo_tui.evaluation import search
-    from ipo_tui.evaluation.pairwise import load_pairs, wilson
+    from ipo_tui.evaluation.pairwise import load_pairs
+    from ipo_tui.evaluation.stats import wilson
     from ipo_tui.judge.pairwise import PairwiseJudge
     from ipo_tui.judge.settings import save_for_model
     from ipo_tui.judge.templates import POOL

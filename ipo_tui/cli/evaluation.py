@@ -49,7 +49,8 @@ def eval_pairs(
     base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
-    from ipo_tui.evaluation.pairwise import JUDGES, evaluate, load_pairs, wilson
+    from ipo_tui.evaluation.pairwise import JUDGES, evaluate, load_pairs
+    from ipo_tui.evaluation.stats import wilson
     from ipo_tui.judge.scoring import configured_judge
 
     if judge_name not in JUDGES:

@@ -161,6 +161,10 @@ def runs(run_id: Optional[str] = typer.Argument(None, help="Show one run in deta
     store = open_store(workspace)
     if run_id:
         run = runner.info(store, run_id)
+        if run.kind == "loop":
+            out.print(f"{run.id}  loop  {run.status}  {run.folder}  pairs by {run.config.get('pairs_by', 'ipo')}")
+            show_loop(store, run.config)
+            return
         metrics = runner.read_metrics(run.folder)
         out.print(f"{run.id}  {run.kind}  {run.status}  {run.folder}")
         table = Table("step", "loss", "margin", "accuracy", "lr", "elapsed s")
@@ -194,6 +198,10 @@ def loop(
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the prompts kept out of training to measure each new policy."),
     eval_file: Optional[str] = typer.Option(None, "--eval-file", help="Also measure each new policy's p'yes accuracy on this labelled pair file."),
     eval_limit: int = typer.Option(64, "--eval-limit", help="A fixed sample of N pairs of --eval-file."),
+    pairs_by: str = typer.Option("ipo", "--pairs-by", help="How chosen and rejected are picked among the candidates: ipo (the policy's p'yes), or a control: random, longer, self-reward (its 1-5 rating), judge:MODEL (another model's p'yes)."),
+    bench: Optional[str] = typer.Option(None, "--bench", help="Benchmark policy 0 and every new policy: ifeval, gsm8k, judge (comma-separated; judge uses --eval-file, which implies it)."),
+    bench_limit: Optional[int] = typer.Option(None, "--bench-limit", help="A fixed sample of N items of each benchmark task (default: all)."),
+    bench_max_tokens: int = typer.Option(512, "--bench-max-tokens", help="Greedy benchmark answers stop here."),
     temperature: float = typer.Option(0.8, "--temperature"), top_p: float = typer.Option(0.95, "--top-p"),
     max_tokens: int = typer.Option(256, "--max-tokens"), seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("auto", "--backend", "-b", help="Engine that samples and judges: hf, llamacpp, server, or auto (server with --base-url, llamacpp for GGUF files)."),
@@ -223,7 +231,9 @@ def loop(
         resume_id = loops.start(store, prompts, iterations, n, backend, model,
                                 sampling_settings(n, temperature, top_p, max_tokens, seed), min_margin, holdout,
                                 overrides(set_, dtype), config, eval_file, eval_limit, limit, threads,
-                                {**moved, "concurrency": concurrency}, {"router": router, "plain": plain})
+                                {**moved, "concurrency": concurrency}, {"router": router, "plain": plain}, pairs_by,
+                                {"tasks": bench.split(",") if bench else [], "limit": bench_limit,
+                                 "max_tokens": bench_max_tokens})
         moved = {}
         out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")
     store.run(resume_id)  # an unknown id fails here, before the progress bar shows
@@ -239,10 +249,43 @@ def loop(
                        description=f"training{stats}")
 
         record = loops.run(store, resume_id, event, progress, train_progress, **moved)
-    table = Table("iteration", "pairs", "held-out agreement", "mean p'yes prev → new", "eval acc", "seconds per stage")
+    show_loop(store, record)
+
+
+def show_loop(store, record: dict) -> None:
+    """A loop's iterations (pairs, self-agreement, drift), then each policy's benchmark figures with
+    the change against policy 0 and its McNemar p-value, and a bar per policy of the first figure."""
+    from ipo_tui.loop.iterations import benchmarks
+
+    table = Table("iteration", "pairs by", "pairs", "held-out agreement", "mean p'yes prev → new", "sample tokens",
+                  "logp chosen / rejected", "seconds per stage", title="iterations", title_justify="left")
     for it in record["done"]:
-        e = it["eval"]
-        table.add_row(str(it["iteration"]), str(it["pairs"]), _fmt(e.get("held_out_agreement")),
+        e, d = it["eval"], it.get("drift") or {}
+        logps = f"{d['logps_chosen'][1]:.0f} / {d['logps_rejected'][1]:.0f}" if "logps_chosen" in d else ""
+        table.add_row(str(it["iteration"]), it.get("pairs_by", "ipo"), str(it["pairs"]), _fmt(e.get("held_out_agreement")),
                       f"{_fmt(e.get('mean_p_yes_previous_samples'))} → {_fmt(e.get('mean_p_yes_new_samples'))}",
-                      _fmt(e.get("eval_file_accuracy")), " ".join(f"{k} {v:.0f}" for k, v in it["seconds"].items()))
+                      "" if d.get("sample_tokens") is None else f"{d['sample_tokens']:.0f}", logps,
+                      " ".join(f"{k} {v:.0f}" for k, v in it["seconds"].items()))
     out.print(table)
+    for it in record["done"]:
+        if (it.get("drift") or {}).get("warning"):
+            out.print(f"[yellow]iteration {it['iteration']}:[/] {it['drift']['warning']}", highlight=False)
+    rows = benchmarks(store, record)
+    if not rows:
+        return
+    names = list(rows[0]["figures"])
+    bench = Table("policy", "bench", *names, title="benchmarks: figure (change against policy 0, McNemar p)",
+                  title_justify="left")
+    for row in rows:
+        cells = []
+        for name in names:
+            value, change = row["figures"].get(name), row["change"].get(name)
+            cells.append(("" if value is None else f"{value:.3f}")
+                         + (f" ({change['difference']:+.3f}, p={change['p_value']:.2g})" if change else ""))
+        bench.add_row(str(row["policy"]), row["bench"], *cells)
+    out.print(bench)
+    first = names[0]
+    out.print(f"{first} by policy")
+    for row in rows:
+        value = row["figures"].get(first) or 0.0
+        out.print(f"  policy {row['policy']}  {'█' * round(40 * value):<40}  {value:.3f}", highlight=False)

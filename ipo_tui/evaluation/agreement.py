@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ipo_tui.evaluation.pairwise import wilson
+from ipo_tui.evaluation.stats import wilson
 
 
 @dataclass

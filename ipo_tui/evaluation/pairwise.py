@@ -3,13 +3,13 @@ category?): per subset and per category, ties counted wrong."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ipo_tui.errors import IpoError
+from ipo_tui.evaluation.stats import spread, wilson
 from ipo_tui.judge.routing import category_for
 from ipo_tui.workspace.records import read_records, text_field
 
@@ -50,16 +50,6 @@ class EvalResult:
         }
 
 
-def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% for z = 1.96); (0, 1) for no trials."""
-    if total == 0:
-        return 0.0, 1.0
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def load_pairs(source: str, limit: int | None = None) -> list[dict]:
     """The pairs of a file; with `limit`, a fixed sample spread evenly over the file (which keeps
     every subset of a file grouped by subset)."""
@@ -70,9 +60,7 @@ def load_pairs(source: str, limit: int | None = None) -> list[dict]:
                      "category": row.get("category")})
     if not rows:
         raise IpoError(f"{source} holds no pairs")
-    if limit and limit < len(rows):
-        rows = [rows[i * len(rows) // limit] for i in range(limit)]
-    return rows
+    return spread(rows, limit)
 
 
 def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,

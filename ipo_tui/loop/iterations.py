@@ -6,10 +6,18 @@ policy that made them, training runs resume from their checkpoints, and the loop
 (a `loop` run whose config lists the iterations) says which stages are done. A loop that stopped
 for any reason continues where it stopped.
 
+How chosen and rejected are picked is the loop's `pairs_by` (loop/controls.py): the policy's own
+p'yes (the method), or a control (random, longer, self-reward, another model's p'yes) on the same
+candidates, so that arms differ only in the pairing.
+
 A fixed slice of the prompts is held out of training. After each iteration the new policy is
 measured on it: how often its p'yes agrees with the pairs policy k proposed there, and the mean
-p'yes (by the new policy) of its own samples against those of policy k. With `eval_file`, the
-new policy's p'yes accuracy on a labelled pair file is measured too.
+p'yes (by the new policy) of its own samples against those of policy k. With `bench`, policy 0
+and every new policy are benchmarked on tasks they never judged (evaluation/bench.py: IFEval,
+GSM8K); with `eval_file`, the benchmark includes the policy's p'yes accuracy on that labelled
+pair file (the judge task). Each iteration also records what DPO drifts on: the mean length of
+the policy's samples, the chosen and rejected log-probabilities through training, and whether
+the reward accuracy saturated early.
 
 With the server backend, sampling and judging go through an OpenAI-compatible server and training
 stays here, on `model` (the local copy of the weights the server serves). A trained adapter is
@@ -28,7 +36,7 @@ from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
 from ipo_tui.errors import IpoError
 from ipo_tui.judge.scoring import configured_judge
-from ipo_tui.loop import server_handoff, stages
+from ipo_tui.loop import controls, server_handoff, stages
 from ipo_tui.training import runner
 from ipo_tui.training import settings as train_settings
 from ipo_tui.workspace.store import Store
@@ -40,12 +48,17 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
           sampling: Sampling, min_margin: float = 0.0, holdout: float = 0.1, overrides: dict | None = None,
           config_file: Path | None = None, eval_file: str | None = None, eval_limit: int = 64,
           limit: int | None = None, threads: int | None = None, server: dict | None = None,
-          judge_flags: dict | None = None) -> str:
+          judge_flags: dict | None = None, pairs_by: str = "ipo", bench: dict | None = None) -> str:
     """Record a new loop (checked in full before anything runs); returns its id. `server` holds the
     server backend's base_url, concurrency and served_model (None: the one it lists); `judge_flags`
-    the --judge-* flags every iteration's judge takes over the configured settings."""
+    the --judge-* flags every iteration's judge takes over the configured settings; `bench` the
+    benchmark every policy gets: {"tasks": [...], "limit": N or None, "max_tokens": M}."""
     if iterations < 1 or n < 2:
         raise IpoError("a loop needs --iterations >= 1 and -n >= 2 (a pair needs two candidates)")
+    pairs_by = controls.parse(pairs_by)
+    if pairs_by.startswith("judge:"):
+        weights.resolve(pairs_by.removeprefix("judge:"))  # an unknown judge model fails now
+    bench = _bench_spec(bench, eval_file, eval_limit)
     if not 0 <= holdout < 1:
         raise IpoError(f"--holdout {holdout}: give a fraction in [0, 1)")
     rows = store.prompts(prompts, limit)
@@ -67,7 +80,8 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
             "sampling": sampling.__dict__, "min_margin": min_margin, "holdout": holdout,
             "held_out": max(1, round(len(rows) * holdout)) if holdout else 0, "settings": settings,
             "eval_file": eval_file or "", "eval_limit": eval_limit, "server": server if backend == "server" else None,
-            "judge_flags": judge_flags or {}, "done": [], "trained": None}
+            "judge_flags": judge_flags or {}, "pairs_by": pairs_by, "bench": bench, "bench0": None,
+            "done": [], "trained": None}
     store.add_run(loop_id, "loop", spec, folder, status="created")
     return loop_id
 
@@ -121,28 +135,8 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
 
     trained = spec.get("trained")  # set once adapter k+1 is trained: a resume goes on from there
     if not trained:
-        adapter = spec["done"][-1]["adapter"] if spec["done"] else ""
-        engine = stage("load", lambda: _load(spec, k, adapter))
-        policy = stages.policy_of(engine)
-        judge = configured_judge(engine, spec.get("judge_flags"))
-        try:
-            stage("generate", lambda: stages.generate(store, engine, policy, prompts, spec["n"], sampling, on_progress))
-            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress))
-        finally:
-            engine.close()
-        report = stage("pairs", lambda: stages.build_pairs(store, judge.id, policy, prompts, spec["min_margin"]))
-        train_ids = {p["id"] for p in train_prompts}
-        pairs = [r for r in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], judge.id)
-                 if r["prompt_id"] in train_ids]
-        if not pairs:
-            raise IpoError(f"iteration {k + 1}: no pairs to train on ({report.too_close} too close, {report.too_few} "
-                           "with fewer than two judged candidates); lower --min-margin or raise -n")
-        on_event(f"iteration {k + 1}: {len(pairs)} pairs ({report.too_close} too close)")
-        train_run = stage("train", lambda: _train(store, loop_id, spec, k, pairs, adapter, on_train))
-        trained = {"policy": [policy.model, policy.adapter], "judge": judge.id, "adapter": str(train_run.adapter),
-                   "train_run": train_run.id, "pairs": len(pairs), "seconds": times}
-        spec["trained"] = trained
-        store.set_run(loop_id, config=spec)
+        trained = _sample_pair_train(store, loop_id, spec, k, prompts, train_prompts, sampling, stage, times,
+                                     on_event, on_progress, on_train)
     times = trained["seconds"]
     if spec.get("server"):
         stage("hand off", lambda: server_handoff.hand_off(spec["server"], k + 1, runner.info(store, trained["train_run"]),
@@ -155,11 +149,65 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
         new = stages.policy_of(engine)
         evaluation = stage("evaluate", lambda: _evaluate(store, engine, previous, trained.get("judge", previous.judge_id),
                                                          new, held_out, spec, sampling, on_progress))
+        bench = stage("benchmark", lambda: _bench(store, engine, spec, on_progress)) if spec.get("bench") else None
     finally:
         engine.close()
     on_event(f"iteration {k + 1}: done")
-    return {"iteration": k + 1, "policy": previous.judge_id, "adapter": trained["adapter"],
-            "train_run": trained["train_run"], "pairs": trained["pairs"], "seconds": times, "eval": evaluation}
+    return {"iteration": k + 1, "policy": previous.judge_id, "pairs_by": spec.get("pairs_by", "ipo"),
+            "adapter": trained["adapter"], "train_run": trained["train_run"], "pairs": trained["pairs"],
+            "seconds": times, "eval": evaluation, "bench": bench, "drift": trained.get("drift")}
+
+
+def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, train_prompts, sampling: Sampling,
+                       stage, times: dict, on_event: Events, on_progress, on_train) -> dict:
+    """Policy k samples (and, for the p'yes and self-reward arms, judges), the loop's pairer picks
+    the pairs, adapter k+1 is trained on those of the training prompts; returns the `trained` record."""
+    pairs_by = spec.get("pairs_by", "ipo")
+    adapter = spec["done"][-1]["adapter"] if spec["done"] else ""
+    engine = stage("load", lambda: _load(spec, k, adapter))
+    policy = stages.policy_of(engine)
+    pairer = controls.pairer_id(pairs_by, policy, sampling.seed)
+    try:
+        if spec.get("bench") and spec.get("bench0") is None:  # policy 0, once, before it changes
+            spec["bench0"] = stage("benchmark policy 0", lambda: _bench(store, engine, spec, on_progress))
+            store.set_run(loop_id, config=spec)
+        stage("generate", lambda: stages.generate(store, engine, policy, prompts, spec["n"], sampling, on_progress))
+        sample_tokens = _mean_tokens(store, engine, policy, train_prompts)
+        if pairs_by == "ipo":
+            judge = configured_judge(engine, spec.get("judge_flags"))
+            pairer = judge.id
+            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress))
+        elif pairs_by == "self-reward":
+            stage("judge", lambda: controls.rate(store, engine, pairer, policy, prompts, on_progress))
+    finally:
+        engine.close()
+    if pairs_by.startswith("judge:"):
+        external = stage("load judge", lambda: _load_judge(spec, pairs_by.removeprefix("judge:")))
+        try:
+            judge = configured_judge(external, spec.get("judge_flags"))
+            pairer = judge.id
+            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress))
+        finally:
+            external.close()
+    if pairs_by in controls.RULES:
+        report = stage("pairs", lambda: controls.by_rule(store, pairs_by, pairer, policy, prompts, sampling.seed))
+    else:
+        min_margin = spec["min_margin"] if pairs_by != "self-reward" else 0.0  # a 1-5 rating has its own scale
+        report = stage("pairs", lambda: stages.build_pairs(store, pairer, policy, prompts, min_margin))
+    train_ids = {p["id"] for p in train_prompts}
+    pairs = [r for r in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], pairer)
+             if r["prompt_id"] in train_ids]
+    if not pairs:
+        raise IpoError(f"iteration {k + 1}: no pairs to train on by {pairs_by} ({report.too_close} too close, "
+                       f"{report.too_few} with fewer than two judged candidates); lower --min-margin or raise -n")
+    on_event(f"iteration {k + 1}: {len(pairs)} pairs by {pairs_by} ({report.too_close} too close)")
+    train_run = stage("train", lambda: _train(store, loop_id, spec, k, pairs, adapter, on_train))
+    trained = {"policy": [policy.model, policy.adapter], "judge": pairer, "adapter": str(train_run.adapter),
+               "train_run": train_run.id, "pairs": len(pairs), "seconds": times,
+               "drift": {"sample_tokens": sample_tokens, **training_drift(runner.read_metrics(train_run.folder))}}
+    spec["trained"] = trained
+    store.set_run(loop_id, config=spec)
+    return trained
 
 
 def _load(spec: dict, k: int, adapter: str):
@@ -168,6 +216,77 @@ def _load(spec: dict, k: int, adapter: str):
         return server_handoff.connect(spec["server"], spec["server"]["served"][str(k)], adapter)
     ref = weights.resolve(spec["model"] or None)
     return backends.load(spec["backend"], ref, adapter=adapter or None, threads=spec["threads"])
+
+
+def _load_judge(spec: dict, model: str):
+    """The external judge of a judge:MODEL arm, on the loop's backend where it can load the model."""
+    ref = weights.resolve(model)
+    backend = spec["backend"] if spec["backend"] != "server" else "auto"
+    if backend == "auto" or (backend == "llamacpp" and ref.kind != "gguf"):
+        backend = "llamacpp" if ref.kind == "gguf" else "hf"
+    return backends.load(backend, ref, threads=spec["threads"])
+
+
+def _bench_spec(bench: dict | None, eval_file: str | None, eval_limit: int) -> dict | None:
+    """What every policy of the loop is benchmarked on (checked now): the tasks asked, and the
+    judge task on `eval_file` whenever one is given."""
+    from ipo_tui.evaluation.bench import MAX_TOKENS, parse_tasks
+
+    bench = dict(bench or {})
+    tasks = parse_tasks(",".join(bench.get("tasks") or [])) if bench.get("tasks") else []
+    if "judge" in tasks and not eval_file:
+        raise IpoError("--bench judge measures the policy's p'yes on a labelled pair file: give --eval-file FILE")
+    if eval_file:
+        from ipo_tui.evaluation.pairwise import load_pairs
+
+        load_pairs(eval_file, 1)  # a bad file fails before the loop starts
+        tasks = list(dict.fromkeys([*tasks, "judge"]))
+    if not tasks:
+        return None
+    return {"tasks": tasks, "limit": bench.get("limit"), "max_tokens": bench.get("max_tokens") or MAX_TOKENS}
+
+
+def _bench(store: Store, engine, spec: dict, on_progress) -> dict:
+    """The engine's policy on the loop's benchmark: its id and each task's figures."""
+    from ipo_tui.evaluation import bench
+
+    b = spec["bench"]
+    pairs = bench.PairFile(spec["eval_file"], spec["eval_limit"]) if spec["eval_file"] else None
+    judge = configured_judge(engine, spec.get("judge_flags")) if "judge" in b["tasks"] else None
+    bench_id, figures = bench.run(store, engine, b["tasks"], b["limit"], b["max_tokens"], judge, pairs,
+                                  lambda task, done, total: on_progress(done, total))
+    return {"id": bench_id, **figures}
+
+
+def _mean_tokens(store: Store, engine, policy: stages.Policy, prompts) -> float | None:
+    """The mean length, in the policy's tokens, of its samples on `prompts` (None without a local tokenizer)."""
+    if engine.scores_by_text:
+        return None
+    lengths = [len(engine.tokenize(r["text"])) for p in prompts for r in store.candidates(p["id"], policy.model, policy.adapter)]
+    return round(sum(lengths) / len(lengths), 1) if lengths else None
+
+
+SATURATED = 0.95  # reward accuracy this high over the last three logged steps ...
+EARLY = 0.25  # ... within this fraction of the steps: the pairs were too easy to teach anything
+
+
+def training_drift(metrics: list[dict]) -> dict:
+    """What DPO moves besides the loss: the chosen and rejected log-probabilities under the policy
+    being trained, first and last logged, and the step where reward accuracy saturated, if early."""
+    dpo = [m for m in metrics if "logps/chosen" in m]
+    drift: dict = {}
+    if dpo:
+        drift.update({"logps_chosen": [round(dpo[0]["logps/chosen"], 2), round(dpo[-1]["logps/chosen"], 2)],
+                      "logps_rejected": [round(dpo[0]["logps/rejected"], 2), round(dpo[-1]["logps/rejected"], 2)]})
+    accuracies = [(m["step"], m["max_steps"], m["rewards/accuracies"]) for m in metrics if "rewards/accuracies" in m]
+    for i in range(2, len(accuracies)):
+        step, max_steps, _ = accuracies[i]
+        if sum(a for _, _, a in accuracies[i - 2:i + 1]) / 3 >= SATURATED:
+            if step <= EARLY * max_steps:
+                drift["warning"] = (f"reward accuracy reached {SATURATED:.0%} by step {step} of {max_steps}: "
+                                    "the pairs may be too easy to teach anything")
+            break
+    return drift
 
 
 def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter: str, on_train):
@@ -190,8 +309,8 @@ def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter:
 
 def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str, new: stages.Policy, held_out,
               spec: dict, sampling: Sampling, on_progress) -> dict:
-    """The new policy on the held-out prompts (and the labelled file, if any), judged by the new
-    policy under the loop's judge settings."""
+    """The new policy on the held-out prompts, judged by the new policy under the loop's judge
+    settings, and the length of its samples there."""
     judge = configured_judge(engine, spec.get("judge_flags"))
     result: dict = {"held_out_prompts": len(held_out)}
     held_ids = {p["id"] for p in held_out}
@@ -204,6 +323,7 @@ def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str
     if held_out:
         # the new policy's samples here are the ones the next iteration would draw, so nothing is wasted
         stages.generate(store, engine, new, held_out, spec["n"], sampling, on_progress)
+        result["mean_tokens_new_samples"] = _mean_tokens(store, engine, new, held_out)
         means = {}
         for name, policy in (("previous", previous), ("new", new)):
             stages.judge(store, judge, policy, held_out)
@@ -211,9 +331,31 @@ def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str
                       if r["p_yes"] is not None]
             means[name] = round(sum(scores) / len(scores), 4) if scores else None
         result["mean_p_yes_previous_samples"], result["mean_p_yes_new_samples"] = means["previous"], means["new"]
-    if spec["eval_file"]:
-        from ipo_tui.evaluation.pairwise import evaluate, load_pairs
-
-        labelled = evaluate(load_pairs(spec["eval_file"], spec["eval_limit"]), "ipo", judge, engine, on_progress)
-        result["eval_file_accuracy"] = round(labelled.as_dict()["accuracy"], 4)
     return result
+
+
+def benchmarks(store: Store, record: dict) -> list[dict]:
+    """Policy 0 and each trained policy of a loop record with a benchmark: {"policy", "bench",
+    "figures" (name -> value), "change" (name -> evaluation.bench.compare's row against policy 0)}."""
+    from ipo_tui.evaluation.bench import compare
+
+    entries = [(0, record.get("bench0"))] + [(it["iteration"], it.get("bench")) for it in record["done"]]
+    entries = [(k, b) for k, b in entries if b]
+    base = entries[0][1] if entries and entries[0][0] == 0 else None
+    rows = []
+    for k, b in entries:
+        figures = {}
+        if "ifeval" in b:
+            for level in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose"):
+                figures[f"ifeval {level.replace('_', ' ')}"] = b["ifeval"][level]
+        for task in ("gsm8k", "judge"):
+            if task in b:
+                figures[task] = b[task]["accuracy"]
+        change = {}
+        if base and k and base["id"] != b["id"]:
+            try:
+                change = compare(store, base["id"], b["id"])
+            except IpoError:  # no items in common (another --bench-limit): figures without a test
+                pass
+        rows.append({"policy": k, "bench": b["id"], "figures": figures, "change": change})
+    return rows

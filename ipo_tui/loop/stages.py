@@ -47,7 +47,7 @@ class PartialRun(IpoError):
                          f"{prompt['position'] + 1} ({text[:40] + '...' if len(text) > 40 else text!r}): {why}")
 
 
-def _each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[list], int],
+def each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[list], int],
                  per_call: int = 1) -> int:
     """Sum of work(chunk) over consecutive chunks of `per_call` prompts (how many `noun` it stored);
     a failing chunk's prompts are skipped and reported at the end."""
@@ -92,7 +92,7 @@ def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sa
                                  [(index, seed + i, text) for i, (index, text) in enumerate(zip(missing, texts))])
         return sum(len(missing) for _, missing, _ in todo)
 
-    return _each_prompt("generate", "candidates", prompts, progress, some, max(1, backend.generate_rows // n))
+    return each_prompt("generate", "candidates", prompts, progress, some, max(1, backend.generate_rows // n))
 
 
 def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
@@ -113,7 +113,7 @@ def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | N
         store.add_judgements(judge_id, scored, settings)
         return len(scored)
 
-    return _each_prompt("judge", "judgements", prompts, progress, lambda chunk: sum(map(one, chunk)))
+    return each_prompt("judge", "judgements", prompts, progress, lambda chunk: sum(map(one, chunk)))
 
 
 @dataclass

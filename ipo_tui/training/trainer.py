@@ -26,7 +26,7 @@ from ipo_tui import verbosity
 from ipo_tui.workspace.store import Store
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-               "learning_rate", "grad_norm", "mean_token_accuracy")
+               "logps/chosen", "logps/rejected", "learning_rate", "grad_norm", "mean_token_accuracy")
 
 
 class StopRequest:

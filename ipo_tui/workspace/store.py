@@ -63,6 +63,17 @@ MIGRATIONS = [
     UPDATE pairs SET curation = CASE status WHEN 'accepted' THEN 'accept' WHEN 'rejected' THEN 'reject'
                                              WHEN 'edited' THEN 'edit' END;
     """,
+    # objective benchmarks: a policy (model + adapter) under generation settings, and each item's
+    # response with the checker's verdict, so that a benchmark resumes and two policies pair up
+    """
+    CREATE TABLE benches (
+        id TEXT PRIMARY KEY, model TEXT NOT NULL, adapter TEXT NOT NULL DEFAULT '', settings TEXT NOT NULL,
+        created_at TEXT NOT NULL, UNIQUE (model, adapter, settings));
+    CREATE TABLE bench_items (
+        bench_id TEXT NOT NULL REFERENCES benches(id) ON DELETE CASCADE, task TEXT NOT NULL, item TEXT NOT NULL,
+        response TEXT NOT NULL, result TEXT NOT NULL, seconds REAL NOT NULL, created_at TEXT NOT NULL,
+        PRIMARY KEY (bench_id, task, item));
+    """,
 ]
 CURATIONS = ("accept", "reject", "swap", "edit")
 
@@ -304,6 +315,49 @@ class Store:
             "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "
             "WHERE pr.curation IS NOT NULL GROUP BY pr.judge, pair_category, pr.curation ORDER BY pr.judge, pair_category"
         ).fetchall()
+
+    # --- benchmarks ---------------------------------------------------------------------------
+
+    def bench(self, model: str, adapter: str, settings: dict) -> str:
+        """The id of the benchmark of this policy under these settings, made if new (bench-001, ...)."""
+        key = json.dumps(settings, sort_keys=True)
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM benches WHERE model = ? AND adapter = ? AND settings = ?",
+                             (model, adapter, key)).fetchone()
+            if row:
+                return row["id"]
+            bench_id = f"bench-{db.execute('SELECT COUNT(*) FROM benches').fetchone()[0] + 1:03d}"
+            db.execute("INSERT INTO benches (id, model, adapter, settings, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (bench_id, model, adapter, key, now()))
+            return bench_id
+
+    def benches(self) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT b.*, GROUP_CONCAT(DISTINCT i.task) AS tasks, COUNT(i.item) AS items FROM benches b "
+            "LEFT JOIN bench_items i ON i.bench_id = b.id GROUP BY b.id ORDER BY b.id").fetchall()
+
+    def bench_row(self, bench_id: str) -> sqlite3.Row:
+        row = self.db.execute("SELECT * FROM benches WHERE id = ?", (bench_id,)).fetchone()
+        if row is None:
+            raise IpoError(f"no benchmark {bench_id!r}; `ipo bench list` shows them")
+        return row
+
+    def add_bench_items(self, bench_id: str, task: str, rows: list[tuple[str, str, dict, float]]) -> None:
+        """Store (item, response, result, seconds) rows of one task; an item stored already is kept."""
+        stamp = now()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO bench_items (bench_id, task, item, response, result, seconds, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(bench_id, task, item, response, json.dumps(result), seconds, stamp)
+                 for item, response, result, seconds in rows])
+
+    def bench_items(self, bench_id: str, task: str) -> dict[str, dict]:
+        """item -> {"response", "result", "seconds"} for the items of a task stored so far."""
+        rows = self.db.execute("SELECT item, response, result, seconds FROM bench_items WHERE bench_id = ? AND task = ?",
+                               (bench_id, task))
+        return {r["item"]: {"response": r["response"], "result": json.loads(r["result"]), "seconds": r["seconds"]}
+                for r in rows}
 
     # --- runs -------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Evaluation: pairwise accuracy of the loaded model as a judge on a RewardBench-format file,
-IPO (p'yes) and the self-rewarding baseline side by side, per category, with a bar chart."""
+IPO (p'yes) and the self-rewarding baseline side by side, per category, with a bar chart; and the
+loaded policy's objective benchmark (IFEval, GSM8K: `ipo bench`), stored in the workspace."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ipo_tui.errors import IpoError
 from ipo_tui.tui.screens.base import ModeScreen
 
 JUDGE_CHOICES = {"ipo": ("ipo",), "self-reward": ("self-reward",), "both": ("ipo", "self-reward")}
+BENCH_CHOICES = {"ifeval": ["ifeval"], "gsm8k": ["gsm8k"], "ifeval+gsm8k": ["ifeval", "gsm8k"]}
 LABELS = {"ipo": "IPO", "self-reward": "self-reward"}
 
 
@@ -32,10 +34,22 @@ class EvalResultMessage(Message):
         self.result = result
 
 
-class EvalDone(Message):
-    def __init__(self, error: str | None = None, cancelled: bool = False) -> None:
+class BenchProgress(Message):
+    def __init__(self, task: str, done: int, total: int) -> None:
         super().__init__()
-        self.error, self.cancelled = error, cancelled
+        self.task, self.done, self.total = task, done, total
+
+
+class BenchResult(Message):
+    def __init__(self, bench_id: str, figures: dict) -> None:
+        super().__init__()
+        self.bench_id, self.figures = bench_id, figures
+
+
+class EvalDone(Message):
+    def __init__(self, error: str | None = None, cancelled: bool = False, summary: str | None = None) -> None:
+        super().__init__()
+        self.error, self.cancelled, self.summary = error, cancelled, summary
 
 
 class _Cancelled(Exception):
@@ -88,19 +102,27 @@ class EvalScreen(ModeScreen):
     MODE = "eval"
     BINDINGS = [
         Binding("ctrl+r", "run_eval", "Run"),
+        Binding("ctrl+b", "run_bench", "Benchmark"),
         Binding("ctrl+t", "cancel", "Stop"),
     ]
     HELP = """\
 | key | what |
 | --- | --- |
 | `ctrl+r` (or enter in a field) | evaluate the loaded model on the file |
-| `ctrl+t` | stop after the pair in flight |
+| `ctrl+b` | benchmark the loaded policy on the chosen tasks (IFEval, GSM8K), as `ipo bench` does |
+| `ctrl+t` | stop after the pair (or the batch of benchmark answers) in flight |
 
 The file holds RewardBench-format pairs (`prompt`, `chosen`, `rejected`, `subset`, optional
 `category`), JSONL, JSON, CSV or Parquet. *limit* takes a fixed sample spread over the file
 (0: all of it). A pair counts as right when the chosen answer scores strictly higher: ties are
 wrong. The self-reward judge makes the model write a 0–5 rating (slow: it generates), and
 a rating it cannot parse counts as wrong. Choosing *both* shows them side by side.
+
+The benchmark answers each task's prompts greedily (at most 512 tokens) and checks them by
+program: IFEval's instruction checkers, GSM8K's final number. Its *limit* takes a fixed sample
+(0: all 541 IFEval prompts, about half an hour for the embedded model on two cores). Answers are
+stored in the workspace as they come, so a stopped benchmark resumes, and `ipo bench compare`
+pairs two policies' answers.
 """
 
     def __init__(self) -> None:
@@ -117,6 +139,12 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
             yield Input("50", id="eval-limit", type="integer", max_length=6)
             yield Label("judge", classes="inline-label")
             yield Select([(k, k) for k in JUDGE_CHOICES], value="ipo", allow_blank=False, id="eval-judge")
+        with Horizontal(id="bench-form", classes="row"):
+            yield Label("benchmark", classes="inline-label")
+            yield Select([(k, k) for k in BENCH_CHOICES], value="ifeval", allow_blank=False, id="bench-tasks")
+            yield Label("limit", classes="inline-label")
+            yield Input("0", id="bench-limit", type="integer", max_length=6)
+            yield Label("ctrl+b runs it on the loaded policy", classes="inline-label")
         yield Label("", id="eval-judge-line")
         with Horizontal(id="eval-progress-row", classes="row"):
             yield Label("", id="eval-progress-label")
@@ -124,6 +152,7 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
         with Horizontal(id="eval-body"):
             with Vertical(id="eval-left"):
                 yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
+                yield DataTable(id="bench-table", cursor_type="row", zebra_stripes=True)
             yield PlotextPlot(id="eval-plot")
 
     def _initial_file(self) -> str:
@@ -136,6 +165,10 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
         table.add_column("pairs", key="pairs", width=5)
         table.add_column("IPO", key="ipo", width=7)
         table.add_column("self-reward", key="self-reward", width=11)
+        bench = self.query_one("#bench-table", DataTable)
+        for key, label, width in (("task", "task", 7), ("figure", "figure", 13), ("value", "value", 6),
+                                  ("interval", "95% interval", 12), ("n", "n", 5)):
+            bench.add_column(label, key=key, width=width)
         self.query_one("#eval-progress-label", Label).update("not run yet")
         self.show_judge()
         self.query_one("#eval-progress", ProgressBar).update(total=1, progress=0)
@@ -181,7 +214,67 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
     def action_cancel(self) -> None:
         if self.running:
             self.workers.cancel_group(self, "eval")
-            self.set_status("stopping after the pair in flight…", "yellow")
+            self.set_status("stopping after the work in flight…", "yellow")
+
+    def action_run_bench(self) -> None:
+        if self.running:
+            self.set_status("an evaluation is running; ctrl+t stops it", "yellow")
+            return
+        if self.app.engine is None:
+            self.error("load a model first (F2)", "benchmark")
+            return
+        try:
+            limit = int(self.query_one("#bench-limit", Input).value or 0)
+        except ValueError:
+            limit = 0
+        self.running = True
+        self.query_one("#bench-table", DataTable).clear()
+        self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#eval-progress-label", Label).update("starting the benchmark…")
+        self.set_status("benchmarking the loaded policy…")
+        self.bench_worker(BENCH_CHOICES[self.query_one("#bench-tasks", Select).value], limit or None)
+
+    @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
+    def bench_worker(self, tasks: list[str], limit: int | None) -> None:
+        from ipo_tui.evaluation import bench
+        from ipo_tui.workspace.store import Store
+
+        worker = get_current_worker()
+
+        def progress(task: str, done: int, total: int) -> None:
+            if worker.is_cancelled:
+                raise _Cancelled
+            self.post_message(BenchProgress(task, done, total))
+
+        store = Store(self.app.store.path)  # this thread's own connection
+        try:
+            engine = Locked(self.app.engine, self.app.engine_lock, "generate_many")  # the lab scores between batches
+            bench_id, figures = bench.run(store, engine, tasks, limit, progress=progress)
+            self.post_message(BenchResult(bench_id, figures))
+        except _Cancelled:
+            self.post_message(EvalDone(cancelled=True))
+            return
+        except IpoError as exc:
+            self.post_message(EvalDone(error=str(exc)))
+            return
+        except Exception as exc:
+            self.post_message(EvalDone(error=f"{type(exc).__name__}: {exc}"))
+            return
+        finally:
+            store.close()
+        self.post_message(EvalDone(summary=f"benchmark {bench_id} stored; `ipo bench list` shows it"))
+
+    def on_bench_progress(self, message: BenchProgress) -> None:
+        self.query_one("#eval-progress", ProgressBar).update(total=message.total, progress=message.done)
+        self.query_one("#eval-progress-label", Label).update(f"{message.task}: {message.done}/{message.total}")
+
+    def on_bench_result(self, message: BenchResult) -> None:
+        table = self.query_one("#bench-table", DataTable)
+        table.clear()
+        for task, values in message.figures.items():
+            for name, (low, high) in values["interval95"].items():
+                n = values["instructions"] if name.startswith("inst") else values["n"]
+                table.add_row(task, name, f"{values[name]:.3f}", f"{low:.2f}–{high:.2f}", str(n))
 
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
     def eval_worker(self, source: str, limit: int | None, judges: tuple[str, ...]) -> None:
@@ -240,7 +333,7 @@ a rating it cannot parse counts as wrong. Choosing *both* shows them side by sid
             self.set_status("evaluation stopped", "yellow")
             self.query_one("#eval-progress-label", Label).update("stopped")
             return
-        self.set_status(self.summary(), "green")
+        self.set_status(message.summary or self.summary(), "green")
 
     def summary(self) -> str:
         parts = []

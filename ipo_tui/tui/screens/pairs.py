@@ -17,7 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static, TextArea
 
 from ipo_tui.errors import IpoError
-from ipo_tui.evaluation.pairwise import wilson
+from ipo_tui.evaluation.stats import wilson
 from ipo_tui.tui.screens.base import ModeScreen, one_line
 from ipo_tui.workspace.store import PAIR_STATUSES
 

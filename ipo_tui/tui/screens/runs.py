@@ -1,5 +1,7 @@
 """Runs: every training run of the workspace with its status and last metrics; open one in the
-training dashboard, stop or resume it, or load its adapter into the scoring backend."""
+training dashboard, stop or resume it, or load its adapter into the scoring backend. A loop's row
+shows, below the list, its policies: pairs, self-agreement, drift and benchmark figures (with the
+change against policy 0 and its McNemar p-value), as a table and a chart."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable
+from textual_plotext import PlotextPlot
 
 from ipo_tui.errors import IpoError
 from ipo_tui.tui.screens.base import ModeScreen
@@ -69,6 +73,9 @@ each run's folder.
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        with Horizontal(id="loop-detail"):
+            yield DataTable(id="loop-table", zebra_stripes=True)
+            yield PlotextPlot(id="loop-plot")
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -137,6 +144,7 @@ each run's folder.
                 str(run.config.get("data_source", ""))[:17], key=run.id)
         if keep is not None and keep.id in {r.id for r in self.runs}:
             table.move_cursor(row=table.get_row_index(keep.id), animate=False)
+        self.show_loop(self.current())
         running = sum(r.status == "running" for r in self.runs)
         self.set_status(f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''}, {running} running" if self.runs else
                         "no runs yet: start one on the training screen (F6)")
@@ -146,6 +154,55 @@ each run's folder.
         if not self.runs or not 0 <= table.cursor_row < len(self.runs) or table.row_count != len(self.runs):
             return None
         return self.runs[table.cursor_row]
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _highlighted(self) -> None:
+        self.show_loop(self.current())
+
+    def show_loop(self, run) -> None:
+        """The loop under the cursor, policy by policy; nothing for a training run."""
+        from ipo_tui.loop.iterations import benchmarks
+
+        detail = self.query_one("#loop-detail")
+        detail.display = run is not None and run.kind == "loop"
+        if not detail.display:
+            return
+        record = run.config
+        try:
+            rows = {row["policy"]: row for row in benchmarks(self.app.store, record)}
+        except IpoError as exc:
+            self.error(str(exc), "loop")
+            rows = {}
+        names = list(next(iter(rows.values()))["figures"]) if rows else []
+        table = self.query_one("#loop-table", DataTable)
+        table.clear(columns=True)
+        for label in ("policy", "pairs by", "pairs", "held-out agr.", "sample tok", *names):
+            table.add_column(label)
+        iterations = {it["iteration"]: it for it in record.get("done", [])}
+        for k in sorted({0, *iterations, *rows}):
+            it, bench = iterations.get(k, {}), rows.get(k, {})
+            drift, cells = it.get("drift") or {}, []
+            for name in names:
+                value, change = bench.get("figures", {}).get(name), bench.get("change", {}).get(name)
+                text = "—" if value is None else f"{value:.3f}"
+                if change:
+                    text += f" {change['difference']:+.3f} p={change['p_value']:.2g}"
+                cells.append(text)
+            agreement = (it.get("eval") or {}).get("held_out_agreement")
+            table.add_row(str(k), it.get("pairs_by", record.get("pairs_by", "ipo")) if k else "—",
+                          str(it.get("pairs", "—")), "—" if agreement is None else f"{agreement:.2f}",
+                          "—" if drift.get("sample_tokens") is None else f"{drift['sample_tokens']:.0f}", *cells)
+        plt = self.query_one("#loop-plot", PlotextPlot).plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("benchmark by policy")
+        policies = sorted(rows)
+        for name in names[:4]:
+            plt.plot(policies, [rows[k]["figures"].get(name) or 0.0 for k in policies], label=name, marker="dot")
+        if policies:
+            plt.xticks(policies)
+        plt.ylim(0, 1)
+        self.query_one("#loop-plot", PlotextPlot).refresh()
 
     @on(DataTable.RowSelected)
     def action_open(self) -> None:

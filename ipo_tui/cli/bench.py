@@ -1,0 +1,141 @@
+"""`ipo bench`: a policy on IFEval, GSM8K and its own judging accuracy; `ipo bench list` and
+`ipo bench compare A B` on the stored results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ipo_tui.cli.common import (
+    AdapterOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    CtxOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+    WorkspaceOpt,
+    err,
+    open_backend,
+    open_store,
+    out,
+    progress_bar,
+)
+from ipo_tui.errors import IpoError
+
+app = typer.Typer(help="Objective benchmarks of a policy: IFEval, GSM8K, judge accuracy; list and compare results.",
+                  pretty_exceptions_enable=False, invoke_without_command=True)
+
+
+@app.callback()
+def bench(
+    ctx: typer.Context,
+    tasks: str = typer.Option("ifeval", "--tasks", "-t", help="Comma-separated: ifeval, gsm8k, judge."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="A fixed sample of N items of each task, spread over it (default: all)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Greedy answers stop here; results under another value are kept apart."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="judge task: a RewardBench-format pair file."),
+    pairs_limit: Optional[int] = typer.Option(None, "--pairs-limit", help="judge task: a fixed sample of N pairs."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the figures."),
+    backend: str = BackendOpt, model: Optional[str] = ModelOpt, adapter: Optional[str] = AdapterOpt,
+    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx_len: Optional[int] = CtxOpt,
+    threads: Optional[int] = ThreadsOpt, score_precision: str = PrecisionOpt,
+    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt, workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Benchmark a policy (a model, optionally with an adapter): greedy answers checked by program,
+    resumable, stored in the workspace. `ipo bench --tasks ifeval,gsm8k --adapter runs/dpo-001/adapter`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ipo_tui.evaluation import bench as benchmarks
+    from ipo_tui.judge.scoring import configured_judge
+
+    chosen = benchmarks.parse_tasks(tasks)
+    pair_file = benchmarks.PairFile(pairs, pairs_limit) if pairs else None
+    if "judge" in chosen and pair_file is None:
+        raise IpoError("the judge task needs a labelled pair file: give --pairs FILE (RewardBench format)")
+    if pair_file:
+        from ipo_tui.evaluation.pairwise import load_pairs
+
+        load_pairs(pairs, 1)  # a bad file fails now, before the model loads
+    if "ifeval" in chosen:
+        from ipo_tui.evaluation.ifeval import checkers
+
+        checkers()  # a missing lm-eval fails now too
+    store = open_store(workspace)
+    engine = open_backend(backend, model, device, dtype, ctx_len, threads, score_precision, adapter, base_url, concurrency)
+    try:
+        judge = configured_judge(engine) if "judge" in chosen else None
+        bar, _ = progress_bar("benchmark")
+        with bar:
+            def progress(task: str, done: int, total: int) -> None:
+                bar.update(bar.task_ids[0], description=task, completed=done, total=total)
+
+            bench_id, figures = benchmarks.run(store, engine, chosen, limit, max_tokens, judge, pair_file, progress)
+    finally:
+        engine.close()
+    policy = store.bench_row(bench_id)
+    (err if as_json else out).print(figures_table(f"{bench_id}: {_policy_name(policy)}", figures))
+    if as_json:
+        print(json.dumps({"bench": bench_id, **figures}))
+
+
+def figures_table(title: str, figures: dict) -> Table:
+    """Each task's figures with their intervals; the time and answer lengths below."""
+    notes = []
+    table = Table("task", "figure", "value", "95% interval", "n", title=title, title_justify="left")
+    for task, values in figures.items():
+        for name, (low, high) in values["interval95"].items():
+            n = values["instructions"] if name.startswith("inst") else values["n"]
+            table.add_row(task, name, f"{values[name]:.3f}", f"{low:.3f}–{high:.3f}", str(n))
+        note = f"{task}: {values['seconds']:.0f} s of generation and checking"
+        if values.get("mean_tokens") is not None:
+            note += f", answers {values['mean_tokens']:.0f} tokens on average, {values['at_max_tokens']:.0%} stopped at --max-tokens"
+        notes.append(note)
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table
+
+
+def _policy_name(row) -> str:
+    return f"{row['model']}" + (f" + {row['adapter']}" if row["adapter"] else "")
+
+
+@app.command("list")
+def bench_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """The stored benchmarks: policy, settings and each task's headline figure over its stored items."""
+    from ipo_tui.evaluation import bench as benchmarks
+
+    store = open_store(workspace)
+    table = Table("bench", "policy", "settings", "figures")
+    for row in store.benches():
+        figures = benchmarks.stored_figures(store, row["id"])
+        text = ", ".join(f"{task} {benchmarks.HEADLINE[task]} {v[benchmarks.HEADLINE[task]]:.3f} (n={v['n']})"
+                         for task, v in figures.items())
+        s = json.loads(row["settings"])
+        table.add_row(row["id"], _policy_name(row), f"{s['backend']}, {s['decoding']}, max {s['max_tokens']}", text)
+    out.print(table)
+
+
+@app.command("compare")
+def bench_compare(a: str = typer.Argument(..., help="A benchmark id (`ipo bench list`): the baseline."),
+                  b: str = typer.Argument(..., help="Another: the policy to compare with it."),
+                  as_json: bool = typer.Option(False, "--json"), workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """The difference B - A per task on the items both hold, with the exact McNemar test's p-value."""
+    from ipo_tui.evaluation import bench as benchmarks
+
+    store = open_store(workspace)
+    report = benchmarks.compare(store, a, b)
+    table = Table("task", "n", a, b, "B - A", "only A right", "only B right", "McNemar p",
+                  title=f"{b} against {a}", title_justify="left")
+    for name, r in report.items():
+        table.add_row(name, str(r["n"]), f"{r['a']:.3f}", f"{r['b']:.3f}", f"{r['difference']:+.3f}",
+                      str(r["only_a"]), str(r["only_b"]), f"{r['p_value']:.3g}")
+    (err if as_json else out).print(table)
+    if as_json:
+        print(json.dumps(report))

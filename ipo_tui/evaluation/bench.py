@@ -1,0 +1,178 @@
+"""`ipo bench`: a policy on tasks whose answers a program checks, so that a policy's progress is
+measured by something it never judged.
+
+Tasks: `ifeval` (instruction following, evaluation/ifeval.py), `gsm8k` (the final number,
+evaluation/gsm8k.py), and `judge` (the policy's own p'yes accuracy on a labelled pair file, what
+`ipo eval` measures: does the judge improve with the policy?). Generation is greedy and batched
+as the backend allows (`generate_rows` prompts a call). Every item's response and verdict is
+stored in the workspace under the policy (model + adapter) and the generation settings, so a
+benchmark resumes where it stopped, and two policies' results pair up item by item for
+`compare` (exact McNemar on the prompt-level verdicts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipo_tui.backends.base import Backend, Sampling
+from ipo_tui.errors import IpoError
+from ipo_tui.evaluation import gsm8k, ifeval
+from ipo_tui.evaluation.stats import mcnemar, spread, wilson
+from ipo_tui.workspace.store import Store
+
+TASKS = ("ifeval", "gsm8k", "judge")
+GENERATED = {"ifeval": ifeval, "gsm8k": gsm8k}  # each: items, check, summarize, passed
+MAX_TOKENS = 512
+HEADLINE = {"ifeval": "prompt_strict", "gsm8k": "accuracy", "judge": "accuracy"}  # what a table shows first
+Progress = Callable[[str, int, int], None]  # (task, done, total)
+
+
+def parse_tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise IpoError(f"--tasks {text!r}: choose among {', '.join(TASKS)} (comma-separated)")
+    return list(dict.fromkeys(tasks))
+
+
+@dataclass(frozen=True)
+class PairFile:
+    """The labelled pairs of the `judge` task: a RewardBench-format file and a fixed sample of it."""
+
+    path: str
+    limit: int | None = None
+
+
+def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = None, max_tokens: int = MAX_TOKENS,
+        judge=None, pairs: PairFile | None = None, progress: Progress = lambda task, done, total: None) -> tuple[str, dict]:
+    """Benchmark the engine's policy on `tasks` (the first `limit` items of each, spread over the
+    task); returns the benchmark's id and each task's figures. `judge` (the policy's configured
+    Judge) and `pairs` are what the judge task needs."""
+    from ipo_tui.loop.stages import policy_of
+
+    if max_tokens < 1:
+        raise IpoError(f"--max-tokens {max_tokens}: give at least 1")
+    if "judge" in tasks and (judge is None or pairs is None):
+        raise IpoError("the judge task needs a labelled pair file: give --pairs FILE (RewardBench format)")
+    policy = policy_of(engine)
+    bench_id = store.bench(policy.model, policy.adapter, settings(engine, max_tokens))
+    figures = {}
+    for task in tasks:
+        if task == "judge":
+            figures[task] = _judge(store, bench_id, judge, pairs, progress)
+        else:
+            figures[task] = _generated(store, bench_id, engine, task, spread(GENERATED[task].items(), limit),
+                                       max_tokens, progress)
+    return bench_id, figures
+
+
+def settings(engine: Backend, max_tokens: int) -> dict:
+    """What a benchmark's responses depend on besides the policy: results under other settings never mix."""
+    return {"backend": engine.capabilities.backend, "decoding": "greedy", "max_tokens": max_tokens}
+
+
+def _generated(store: Store, bench_id: str, engine: Backend, task: str, items: list[dict], max_tokens: int,
+               progress: Progress) -> dict:
+    module = GENERATED[task]
+    done = store.bench_items(bench_id, task)
+    todo = [item for item in items if item["key"] not in done]
+    per_call = max(1, engine.generate_rows)
+    greedy = Sampling(n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0)
+    progress(task, len(items) - len(todo), len(items))
+    for start in range(0, len(todo), per_call):
+        chunk = todo[start:start + per_call]
+        began = time.perf_counter()
+        texts = engine.generate_many([([{"role": "user", "content": item["prompt"]}], greedy) for item in chunk])
+        seconds = (time.perf_counter() - began) / len(chunk)
+        store.add_bench_items(bench_id, task, [
+            (item["key"], text, {**module.check(item, text), "tokens": _tokens(engine, text)}, seconds)
+            for item, [text] in zip(chunk, texts)])
+        progress(task, len(items) - len(todo) + start + len(chunk), len(items))
+    stored = store.bench_items(bench_id, task)
+    rows = [stored[item["key"]] for item in items]
+    figures = module.summarize([r["result"] for r in rows])
+    lengths = [r["result"]["tokens"] for r in rows if r["result"].get("tokens") is not None]
+    figures["mean_tokens"] = sum(lengths) / len(lengths) if lengths else None
+    figures["at_max_tokens"] = sum(n >= max_tokens for n in lengths) / len(lengths) if lengths else None
+    figures["seconds"] = round(sum(r["seconds"] for r in rows), 1)
+    return figures
+
+
+def _tokens(engine: Backend, text: str) -> int | None:
+    """A response's length in the policy's tokens (None where the engine has no local tokenizer)."""
+    return None if engine.scores_by_text else len(engine.tokenize(text))
+
+
+def _judge(store: Store, bench_id: str, judge, pairs: PairFile, progress: Progress) -> dict:
+    """The policy's p'yes accuracy on the sampled pairs; an item is (file contents, judge id, row)."""
+    from ipo_tui.evaluation.pairwise import evaluate, load_pairs
+
+    path = Path(pairs.path).expanduser()
+    rows = list(enumerate(load_pairs(str(path))))
+    chosen = spread(rows, pairs.limit)
+    prefix = f"{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}:{judge.id}:"
+    done = store.bench_items(bench_id, "judge")
+    todo = [(i, row) for i, row in chosen if prefix + str(i) not in done]
+    progress("judge", len(chosen) - len(todo), len(chosen))
+    for count, (i, row) in enumerate(todo, 1):
+        began = time.perf_counter()
+        result = evaluate([row], "ipo", judge)
+        verdict = {"correct": bool(result.correct), "category": row["category"] or next(iter(result.by_category)),
+                   "file": path.name}
+        store.add_bench_items(bench_id, "judge", [(prefix + str(i), "", verdict, time.perf_counter() - began)])
+        progress("judge", len(chosen) - len(todo) + count, len(chosen))
+    stored = store.bench_items(bench_id, "judge")
+    results = [stored[prefix + str(i)] for i, _ in chosen]
+    right = sum(r["result"]["correct"] for r in results)
+    by_category: dict[str, list[int]] = {}
+    for r in results:
+        counts = by_category.setdefault(r["result"]["category"], [0, 0])
+        counts[0] += r["result"]["correct"]
+        counts[1] += 1
+    return {"accuracy": right / len(results), "n": len(results), "interval95": {"accuracy": wilson(right, len(results))},
+            "by_category": {k: c / t for k, (c, t) in sorted(by_category.items())}, "file": path.name,
+            "judge": judge.id, "seconds": round(sum(r["seconds"] for r in results), 1)}
+
+
+def stored_figures(store: Store, bench_id: str) -> dict:
+    """Each task's figures over every item stored for a benchmark (what `ipo bench list` shows)."""
+    figures = {}
+    for task in ("ifeval", "gsm8k"):
+        rows = list(store.bench_items(bench_id, task).values())
+        if rows:
+            figures[task] = GENERATED[task].summarize([r["result"] for r in rows])
+    rows = list(store.bench_items(bench_id, "judge").values())
+    if rows:
+        right = sum(r["result"]["correct"] for r in rows)
+        figures["judge"] = {"accuracy": right / len(rows), "n": len(rows)}
+    return figures
+
+
+def compare(store: Store, a: str, b: str) -> dict:
+    """Task by task, on the items both benchmarks hold: each side's figure, the difference (B - A),
+    and the exact McNemar p-value of the prompt-level verdicts (strict and loose for IFEval)."""
+    store.bench_row(a), store.bench_row(b)  # an unknown id fails before anything else
+    report = {}
+    for task in TASKS:
+        left, right = store.bench_items(a, task), store.bench_items(b, task)
+        common = sorted(left.keys() & right.keys())
+        if not common:
+            continue
+        levels = ("strict", "loose") if task == "ifeval" else ("",)
+        for level in levels:
+            passed = (GENERATED[task].passed if task in GENERATED else (lambda r, _: r["correct"]))
+            pa = [passed(left[k]["result"], level) for k in common]
+            pb = [passed(right[k]["result"], level) for k in common]
+            only_a = sum(x and not y for x, y in zip(pa, pb))
+            only_b = sum(y and not x for x, y in zip(pa, pb))
+            name = f"{task} prompt {level}" if level else task
+            report[name] = {"n": len(common), "a": sum(pa) / len(common), "b": sum(pb) / len(common),
+                            "difference": (sum(pb) - sum(pa)) / len(common), "only_a": only_a, "only_b": only_b,
+                            "p_value": mcnemar(only_a, only_b)}
+    if not report:
+        raise IpoError(f"{a} and {b} share no benchmark items; run the same --tasks on both policies first")
+    return report
