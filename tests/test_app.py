@@ -277,6 +277,25 @@ async def test_evaluation_bad_file_is_reported(tmp_path):
         assert "line 2" in str(screen.query_one("#status").render())
 
 
+async def test_benchmark_of_the_loaded_policy(tmp_path):
+    """ctrl+b answers the sampled IFEval and GSM8K prompts in a worker, checks them with the real
+    checkers, shows the figures and stores them in the workspace, where `ipo bench` finds them."""
+    from ipo_tui.workspace.store import Store
+
+    app = make_app(tmp_path, FakeEngine(), start="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        screen.query_one("#bench-tasks").value = "ifeval+gsm8k"
+        screen.query_one("#bench-limit").value = "3"
+        await pilot.press("ctrl+b")
+        await wait_for(pilot, lambda: not screen.running, timeout=60)
+        assert "bench-001 stored" in str(screen.query_one("#status").render())
+        table = screen.query_one("#bench-table")
+        assert table.row_count == 5  # four IFEval figures, GSM8K accuracy
+    store = Store(tmp_path / "ws.sqlite")
+    assert [len(store.bench_items("bench-001", t)) for t in ("ifeval", "gsm8k")] == [3, 3]
+
+
 # --- model ----------------------------------------------------------------------------------------
 
 
@@ -445,3 +464,35 @@ async def test_training_run_plots_reattaches_and_loads_adapter(tmp_path, hf_back
         await wait_for(pilot, lambda: app.engine is not hf_backend or app.engine_state == "failed", timeout=300)
         assert app.engine_state == "ready" and app.engine.adapter.endswith("adapter")
         assert "+ adapter" in app.engine_label()
+
+
+async def test_runs_screen_shows_a_loops_policies(tmp_path):
+    """A loop's row opens its policies below the list: pairs, drift and each benchmark figure with
+    the change against policy 0 and its paired test."""
+    from ipo_tui.evaluation.ifeval import summarize
+    from ipo_tui.workspace.store import Store
+
+    store = Store(tmp_path / "ws.sqlite")
+    settings = {"backend": "fake", "decoding": "greedy", "max_tokens": 8}
+    benches = []
+    for adapter, followed in (("", 2), ("/runs/loop-001-iter1/adapter", 9)):
+        bench_id = store.bench("fake-model", adapter, settings)
+        results = [{"strict": [i < followed], "loose": [i < followed]} for i in range(10)]
+        store.add_bench_items(bench_id, "ifeval", [(str(i), "r", r, 0.1) for i, r in enumerate(results)])
+        benches.append({"id": bench_id, "ifeval": summarize(results)})
+    record = {"pairs_by": "random", "bench0": benches[0], "done": [
+        {"iteration": 1, "pairs_by": "random", "pairs": 5, "eval": {"held_out_agreement": 0.5}, "seconds": {},
+         "drift": {"sample_tokens": 31.0}, "bench": benches[1]}]}
+    store.add_run("loop-001", "loop", record, tmp_path / "runs" / "loop-001", status="completed")
+    store.close()
+    app = make_app(tmp_path, FakeEngine(), start="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.query_one("#runs-table").row_count == 1, timeout=10)
+        await pilot.pause()
+        assert screen.query_one("#loop-detail").display
+        table = screen.query_one("#loop-table")
+        assert table.row_count == 2
+        row = [str(cell) for cell in table.get_row_at(1)]
+        assert row[:5] == ["1", "random", "5", "0.50", "31"]
+        assert row[5] == "0.900 +0.700 p=0.016"  # 7 prompts only policy 1 follows, none only policy 0: 2 x 2**-7

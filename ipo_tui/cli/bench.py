@@ -87,13 +87,14 @@ def bench(
 
 def figures_table(title: str, figures: dict) -> Table:
     """Each task's figures with their intervals; the time and answer lengths below."""
-    notes = []
+    from ipo_tui.evaluation.bench import figure_rows
+
     table = Table("task", "figure", "value", "95% interval", "n", title=title, title_justify="left")
+    for task, name, value, low, high, n in figure_rows(figures):
+        table.add_row(task, name, f"{value:.3f}", f"{low:.3f}–{high:.3f}", str(n))
+    notes = []
     for task, values in figures.items():
-        for name, (low, high) in values["interval95"].items():
-            n = values["instructions"] if name.startswith("inst") else values["n"]
-            table.add_row(task, name, f"{values[name]:.3f}", f"{low:.3f}–{high:.3f}", str(n))
-        note = f"{task}: {values['seconds']:.0f} s of generation and checking"
+        note = f"{task}: {values['seconds']:.0f} s"
         if values.get("mean_tokens") is not None:
             note += f", answers {values['mean_tokens']:.0f} tokens on average, {values['at_max_tokens']:.0%} stopped at --max-tokens"
         notes.append(note)

@@ -196,7 +196,7 @@ def loop(
     resume_id: Optional[str] = typer.Option(None, "--resume", help="Continue this loop where it stopped."),
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the prompts kept out of training to measure each new policy."),
-    eval_file: Optional[str] = typer.Option(None, "--eval-file", help="Also measure each new policy's p'yes accuracy on this labelled pair file."),
+    eval_file: Optional[str] = typer.Option(None, "--eval-file", help="A labelled pair file: policy 0 and each new policy are benchmarked on their p'yes accuracy there (the judge task)."),
     eval_limit: int = typer.Option(64, "--eval-limit", help="A fixed sample of N pairs of --eval-file."),
     pairs_by: str = typer.Option("ipo", "--pairs-by", help="How chosen and rejected are picked among the candidates: ipo (the policy's p'yes), or a control: random, longer, self-reward (its 1-5 rating), judge:MODEL (another model's p'yes)."),
     bench: Optional[str] = typer.Option(None, "--bench", help="Benchmark policy 0 and every new policy: ifeval, gsm8k, judge (comma-separated; judge uses --eval-file, which implies it)."),

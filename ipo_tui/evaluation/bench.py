@@ -138,6 +138,13 @@ def _judge(store: Store, bench_id: str, judge, pairs: PairFile, progress: Progre
             "judge": judge.id, "seconds": round(sum(r["seconds"] for r in results), 1)}
 
 
+def figure_rows(figures: dict) -> list[tuple[str, str, float, float, float, int]]:
+    """(task, figure, value, low, high, n) for every figure of a run's result, its interval's n
+    (instructions for the instruction-level figures)."""
+    return [(task, name, values[name], low, high, values["instructions"] if name.startswith("inst") else values["n"])
+            for task, values in figures.items() for name, (low, high) in values["interval95"].items()]
+
+
 def stored_figures(store: Store, bench_id: str) -> dict:
     """Each task's figures over every item stored for a benchmark (what `ipo bench list` shows)."""
     figures = {}

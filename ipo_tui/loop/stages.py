@@ -48,7 +48,7 @@ class PartialRun(IpoError):
 
 
 def each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[list], int],
-                 per_call: int = 1) -> int:
+                per_call: int = 1) -> int:
     """Sum of work(chunk) over consecutive chunks of `per_call` prompts (how many `noun` it stored);
     a failing chunk's prompts are skipped and reported at the end."""
     done, failed, in_a_row, prompts = 0, [], 0, list(prompts)

@@ -232,10 +232,10 @@ pairs two policies' answers.
         self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#eval-progress-label", Label).update("starting the benchmark…")
         self.set_status("benchmarking the loaded policy…")
-        self.bench_worker(BENCH_CHOICES[self.query_one("#bench-tasks", Select).value], limit or None)
+        self.bench_worker(BENCH_CHOICES[self.query_one("#bench-tasks", Select).value], limit or None, self.app.store.path)
 
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
-    def bench_worker(self, tasks: list[str], limit: int | None) -> None:
+    def bench_worker(self, tasks: list[str], limit: int | None, workspace) -> None:
         from ipo_tui.evaluation import bench
         from ipo_tui.workspace.store import Store
 
@@ -246,42 +246,37 @@ pairs two policies' answers.
                 raise _Cancelled
             self.post_message(BenchProgress(task, done, total))
 
-        store = Store(self.app.store.path)  # this thread's own connection
-        try:
-            engine = Locked(self.app.engine, self.app.engine_lock, "generate_many")  # the lab scores between batches
-            bench_id, figures = bench.run(store, engine, tasks, limit, progress=progress)
+        def job() -> str:
+            store = Store(workspace)  # this thread's own connection
+            try:
+                engine = Locked(self.app.engine, self.app.engine_lock, "generate_many")  # the lab scores between batches
+                bench_id, figures = bench.run(store, engine, tasks, limit, progress=progress)
+            finally:
+                store.close()
             self.post_message(BenchResult(bench_id, figures))
-        except _Cancelled:
-            self.post_message(EvalDone(cancelled=True))
-            return
-        except IpoError as exc:
-            self.post_message(EvalDone(error=str(exc)))
-            return
-        except Exception as exc:
-            self.post_message(EvalDone(error=f"{type(exc).__name__}: {exc}"))
-            return
-        finally:
-            store.close()
-        self.post_message(EvalDone(summary=f"benchmark {bench_id} stored; `ipo bench list` shows it"))
+            return f"benchmark {bench_id} stored; `ipo bench list` shows it"
+
+        self._report_end(job)
 
     def on_bench_progress(self, message: BenchProgress) -> None:
         self.query_one("#eval-progress", ProgressBar).update(total=message.total, progress=message.done)
         self.query_one("#eval-progress-label", Label).update(f"{message.task}: {message.done}/{message.total}")
 
     def on_bench_result(self, message: BenchResult) -> None:
+        from ipo_tui.evaluation.bench import figure_rows
+
         table = self.query_one("#bench-table", DataTable)
         table.clear()
-        for task, values in message.figures.items():
-            for name, (low, high) in values["interval95"].items():
-                n = values["instructions"] if name.startswith("inst") else values["n"]
-                table.add_row(task, name, f"{values[name]:.3f}", f"{low:.2f}–{high:.2f}", str(n))
+        for task, name, value, low, high, n in figure_rows(message.figures):
+            table.add_row(task, name, f"{value:.3f}", f"{low:.2f}–{high:.2f}", str(n))
 
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
     def eval_worker(self, source: str, limit: int | None, judges: tuple[str, ...]) -> None:
         from ipo_tui.evaluation.pairwise import evaluate, load_pairs
 
         worker = get_current_worker()
-        try:
+
+        def job() -> None:
             pairs = load_pairs(source, limit)
             for name in judges:
                 def progress(done: int, total: int, name=name) -> None:
@@ -303,6 +298,13 @@ pairs two policies' answers.
                     result = evaluate(pairs, "self-reward", backend=Locked(self.app.engine, lock, "generate"),
                                       progress=progress)
                 self.post_message(EvalResultMessage(result))
+
+        self._report_end(job)
+
+    def _report_end(self, job) -> None:
+        """Run a worker's job, then post how it ended: done (with the summary it returns), stopped or failed."""
+        try:
+            summary = job()
         except _Cancelled:
             self.post_message(EvalDone(cancelled=True))
             return
@@ -312,7 +314,7 @@ pairs two policies' answers.
         except Exception as exc:
             self.post_message(EvalDone(error=f"{type(exc).__name__}: {exc}"))
             return
-        self.post_message(EvalDone())
+        self.post_message(EvalDone(summary=summary))
 
     def on_eval_progress(self, message: EvalProgress) -> None:
         self.query_one("#eval-progress", ProgressBar).update(total=message.total, progress=message.done)
