@@ -31,11 +31,11 @@ HEADLINE = {"ifeval": "prompt_strict", "gsm8k": "accuracy", "judge": "accuracy"}
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
-def parse_tasks(text: str) -> list[str]:
+def parse_tasks(text: str, flag: str = "--tasks") -> list[str]:
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise IpoError(f"--tasks {text!r}: choose among {', '.join(TASKS)} (comma-separated)")
+        raise IpoError(f"{flag} {text!r}: choose among {', '.join(TASKS)} (comma-separated)")
     return list(dict.fromkeys(tasks))
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 import types
 from functools import cache
 from pathlib import Path
 
-from ipo_tui import config
+from ipo_tui import config, verbosity
 from ipo_tui.errors import IpoError
 
 DATA = Path(__file__).with_name("data") / "ifeval-input-data.jsonl"
@@ -76,6 +77,10 @@ def checkers():
     from langdetect import DetectorFactory
 
     DetectorFactory.seed = 0
+    # the language checker logs every answer whose language it cannot tell (and, as the official
+    # code does, counts it as followed): noise in a terminal or the app
+    if not verbosity.verbose():
+        logging.getLogger("lm_eval.tasks.ifeval.instructions").setLevel(logging.CRITICAL)
     if "lm_eval.tasks" in sys.modules:  # the harness is loaded already: import the usual way
         return importlib.import_module("lm_eval.tasks.ifeval.utils")
     stand_in = types.ModuleType("lm_eval.tasks")

@@ -233,7 +233,7 @@ def _bench_spec(bench: dict | None, eval_file: str | None, eval_limit: int) -> d
     from ipo_tui.evaluation.bench import MAX_TOKENS, parse_tasks
 
     bench = dict(bench or {})
-    tasks = parse_tasks(",".join(bench.get("tasks") or [])) if bench.get("tasks") else []
+    tasks = parse_tasks(",".join(bench["tasks"]), "--bench") if bench.get("tasks") else []
     if "judge" in tasks and not eval_file:
         raise IpoError("--bench judge measures the policy's p'yes on a labelled pair file: give --eval-file FILE")
     if eval_file:
