@@ -11,7 +11,8 @@ so the arms of a model share policy 0's candidates. What a stage produced is sav
 experiments/results/ipo-vs-controls/STAGE.json, and the workspace itself (candidates, judgements,
 pairs, every benchmark answer) to experiments/results/ipo-vs-controls/workspace.sqlite, so that a
 later session on a fresh machine continues with the same candidates: a stage found there is not
-run again.
+run again. A loop stopped half-way (a session ends) also keeps its trained adapters there
+(adapters/), which is what its next iteration starts from; `save` writes both without running.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ WORK = ROOT / "experiments" / "work"
 RESULTS = ROOT / "experiments" / "results" / "ipo-vs-controls"
 WORKSPACE = WORK / "workspace.sqlite"
 SAVED = RESULTS / "workspace.sqlite"
+ADAPTERS = RESULTS / "adapters"  # runs/<train run>/adapter of the loops not finished yet
 PROMPTS, SLICE = "alpaca64", 64  # 64 prompts spread over alpaca-eval's 805, never IFEval's
 JUDGE = "qwen2.5-coder-1.5b-instruct"
 MODELS = {"embedded": None, "qwen05": "qwen2.5-coder-0.5b-instruct"}
@@ -58,6 +60,8 @@ def prepare() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     if not WORKSPACE.exists() and SAVED.exists():
         shutil.copy(SAVED, WORKSPACE)
+        for folder in ADAPTERS.glob("*/adapter"):
+            shutil.copytree(folder, WORK / "runs" / folder.parent.name / "adapter", dirs_exist_ok=True)
     db = sqlite3.connect(WORKSPACE)
     known = db.execute("SELECT name FROM sqlite_master WHERE name = 'prompt_sets'").fetchone() and \
         db.execute("SELECT 1 FROM prompt_sets WHERE name = ?", (PROMPTS,)).fetchone()
@@ -106,13 +110,22 @@ def stage(name: str) -> None:
 
 
 def save() -> None:
-    """A compact copy of the workspace beside the results (WAL folded in, free pages dropped)."""
+    """A compact copy of the workspace beside the results (WAL folded in, free pages dropped), and
+    the adapters an unfinished loop goes on from."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(WORKSPACE)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     SAVED.unlink(missing_ok=True)
     db.execute("VACUUM INTO ?", (str(SAVED),))
     db.close()
+    shutil.rmtree(ADAPTERS, ignore_errors=True)
+    for stage_name, loop_id in _loops().items():
+        if (RESULTS / f"{stage_name}.json").exists():
+            continue  # finished: its adapters are not needed to go on
+        for run in sorted((WORK / "runs").glob(f"{loop_id}-iter*")):
+            if (run / "adapter" / "adapter_config.json").is_file():
+                shutil.copytree(run / "adapter", ADAPTERS / run.name / "adapter",  # the weights and their config
+                                ignore=shutil.ignore_patterns("tokenizer*", "*.jinja", "training_args.bin", "README.md"))
 
 
 def _loop_ids() -> list[str]:
@@ -192,4 +205,4 @@ def report() -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    report() if sys.argv[1] == "report" else stage(sys.argv[1])
+    {"report": report, "save": save}.get(sys.argv[1], lambda: stage(sys.argv[1]))()

@@ -119,6 +119,26 @@ def test_compare_pairs_two_policies_item_by_item(tmp_path):
         bench.compare(store, a, c)
 
 
+def test_judge_task_pairs_two_policies_judged_alike(tmp_path):
+    """The judge task stores one verdict per pair under the file and the judge's settings (not the
+    policy), so a base and its adapter pair up in `compare`; a second run judges nothing again."""
+    from test_app_support import FakeEngine, write_eval_file
+
+    from ipo_tui.judge.scoring import configured_judge
+
+    store = Store(tmp_path / "ws.sqlite")
+    pairs = bench.PairFile(str(write_eval_file(tmp_path / "pairs.jsonl")))
+    base, tuned = FakeEngine(), FakeEngine()
+    tuned.adapter = "/runs/dpo-001/adapter"
+    ids = []
+    for engine in (base, tuned, base):
+        bench_id, figures = bench.run(store, engine, ["judge"], judge=configured_judge(engine), pairs=pairs)
+        ids.append(bench_id)
+        assert figures["judge"]["n"] == 5 and 0 <= figures["judge"]["accuracy"] <= 1
+    assert ids[0] == ids[2] != ids[1] and len(store.bench_items(ids[0], "judge")) == 5
+    assert bench.compare(store, ids[0], ids[1])["judge"]["n"] == 5
+
+
 @pytest.mark.slow
 def test_bench_stores_and_resumes(tmp_path):
     from ipo_tui import backends

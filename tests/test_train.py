@@ -226,6 +226,22 @@ def test_loop_with_random_pairs_and_a_benchmark(store, tmp_path, tiny_model):
         iterations.start(store, "tiny", 1, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), pairs_by="best")
 
 
+def test_a_running_loop_is_seen_running_and_stops_like_ctrl_c(store, tmp_path):
+    """A loop process writes its pid: `ipo runs` and the app see it running (not interrupted), and
+    stopping it sends what Ctrl-C sends."""
+    code = "import signal, sys, time; signal.signal(signal.SIGINT, lambda *a: sys.exit(3)); print(1, flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code, "ipo_tui", "loop"], stdout=subprocess.PIPE)
+    child.stdout.readline()  # the handler is in place
+    folder = tmp_path / "runs" / "loop-001"
+    folder.mkdir(parents=True)
+    (folder / "pid").write_text(str(child.pid))
+    store.add_run("loop-001", "loop", {"done": []}, folder, status="running")
+    assert runner.info(store, "loop-001").status == "running"
+    runner.stop("loop-001", store)
+    assert child.wait(timeout=10) == 3
+    assert runner.info(store, "loop-001").status == "interrupted"  # it died without recording why
+
+
 def test_settings_are_checked(tmp_path):
     assert settings.load()["beta"] == 0.1
     assert settings.load(overrides={"learning_rate": "1e-4"})["learning_rate"] == 1e-4

@@ -258,16 +258,17 @@ def show_loop(store, record: dict) -> None:
     from ipo_tui.loop.iterations import benchmarks
 
     table = Table("iteration", "pairs by", "pairs", "held-out agreement", "mean p'yes prev → new", "sample tokens",
-                  "logp chosen / rejected", "seconds per stage", title="iterations", title_justify="left")
+                  "logp chosen / rejected", title="iterations", title_justify="left")
     for it in record["done"]:
         e, d = it["eval"], it.get("drift") or {}
         logps = f"{d['logps_chosen'][1]:.0f} / {d['logps_rejected'][1]:.0f}" if "logps_chosen" in d else ""
         table.add_row(str(it["iteration"]), it.get("pairs_by", "ipo"), str(it["pairs"]), _fmt(e.get("held_out_agreement")),
                       f"{_fmt(e.get('mean_p_yes_previous_samples'))} → {_fmt(e.get('mean_p_yes_new_samples'))}",
-                      "" if d.get("sample_tokens") is None else f"{d['sample_tokens']:.0f}", logps,
-                      " ".join(f"{k} {v:.0f}" for k, v in it["seconds"].items()))
+                      "" if d.get("sample_tokens") is None else f"{d['sample_tokens']:.0f}", logps)
     out.print(table)
     for it in record["done"]:
+        out.print(f"iteration {it['iteration']}, seconds per stage: "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in it["seconds"].items()), highlight=False)
         if (it.get("drift") or {}).get("warning"):
             out.print(f"[yellow]iteration {it['iteration']}:[/] {it['drift']['warning']}", highlight=False)
     rows = benchmarks(store, record)

@@ -108,13 +108,15 @@ def _tokens(engine: Backend, text: str) -> int | None:
 
 
 def _judge(store: Store, bench_id: str, judge, pairs: PairFile, progress: Progress) -> dict:
-    """The policy's p'yes accuracy on the sampled pairs; an item is (file contents, judge id, row)."""
+    """The policy's p'yes accuracy on the sampled pairs; an item is (file contents, judge settings,
+    row), the settings without the policy so that two policies judged alike pair up in `compare`."""
     from ipo_tui.evaluation.pairwise import evaluate, load_pairs
 
     path = Path(pairs.path).expanduser()
     rows = list(enumerate(load_pairs(str(path))))
     chosen = spread(rows, pairs.limit)
-    prefix = f"{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}:{judge.id}:"
+    setting = judge.id.removeprefix(judge.policy).lstrip("#") or "plain"
+    prefix = f"{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}:{setting}:"
     done = store.bench_items(bench_id, "judge")
     todo = [(i, row) for i, row in chosen if prefix + str(i) not in done]
     progress("judge", len(chosen) - len(todo), len(chosen))

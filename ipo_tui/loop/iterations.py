@@ -27,6 +27,7 @@ writes what to serve, stops in status `waiting`, and goes on when resumed once i
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,9 @@ def run(store: Store, loop_id: str, on_event: Events = print, on_progress=lambda
         spec["server"]["base_url"] = base_url
     if served_model:
         spec["server"]["served"][str(len(spec["done"]) + bool(spec.get("trained")))] = served_model
+    folder = Path(row["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pid").write_text(str(os.getpid()))  # so that `ipo runs` and the app can tell it is running
     store.set_run(loop_id, "running", config=spec)
     try:
         for k in range(len(spec["done"]), spec["iterations"]):

@@ -174,10 +174,14 @@ def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: Non
 
 
 def stop(run_id: str, store: Store) -> None:
-    """Ask a running trainer to save a checkpoint and stop."""
+    """Ask a running trainer to save a checkpoint and stop (a loop: to stop as Ctrl-C does, after
+    its trainer has saved one)."""
     run = info(store, run_id)
     if run.status != "running":
         raise IpoError(f"run {run_id} is {run.status}, not running")
+    if run.kind == "loop":
+        os.kill(_pid(run), signal.SIGINT)
+        return
     os.killpg(_pid(run), signal.SIGTERM)  # its own process group: every process of an accelerate launch
 
 
@@ -242,7 +246,7 @@ def _alive(run: RunInfo) -> bool:
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:  # a reused pid runs something else
-            if b"ipo_tui.training.trainer" not in fh.read():
+            if (b"ipo_tui" if run.kind == "loop" else b"ipo_tui.training.trainer") not in fh.read():
                 return False
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
