@@ -218,7 +218,9 @@ def test_training_drift_warns_when_accuracy_saturates_early():
         return {"step": s, "max_steps": 20, "rewards/accuracies": acc, "logps/chosen": chosen, "logps/rejected": rejected}
 
     early = training_drift([step(1, 0.5, -40, -41), step(2, 1.0), step(3, 1.0), step(4, 1.0), step(20, 1.0, -45, -70)])
-    assert early["logps_chosen"] == [-40, -45] and early["logps_rejected"] == [-41, -70]
+    assert early["logps_chosen"] == [-40, -45] and early["logps_rejected"] == [-41, -70]  # quarters of one step
+    eight = training_drift([step(s, 0.5, -40 - s, -40 - 2 * s) for s in range(1, 9)])
+    assert eight["logps_chosen"] == [-41.5, -47.5] and eight["logps_rejected"] == [-43, -55]
     assert "step 4 of 20" in early["warning"]
     late = training_drift([step(s, 0.5) for s in range(1, 15)] + [step(s, 1.0) for s in range(15, 21)])
     assert "warning" not in late

@@ -275,13 +275,16 @@ EARLY = 0.25  # ... within this fraction of the steps: the pairs were too easy t
 
 
 def training_drift(metrics: list[dict]) -> dict:
-    """What DPO moves besides the loss: the chosen and rejected log-probabilities under the policy
-    being trained, first and last logged, and the step where reward accuracy saturated, if early."""
+    """What DPO moves besides the loss: the mean chosen and rejected log-probabilities under the
+    policy being trained over the first and the last quarter of the steps (batch means, so they
+    carry the batches' noise), and the step where reward accuracy saturated, if early."""
     dpo = [m for m in metrics if "logps/chosen" in m]
     drift: dict = {}
     if dpo:
-        drift.update({"logps_chosen": [round(dpo[0]["logps/chosen"], 2), round(dpo[-1]["logps/chosen"], 2)],
-                      "logps_rejected": [round(dpo[0]["logps/rejected"], 2), round(dpo[-1]["logps/rejected"], 2)]})
+        quarter = max(1, len(dpo) // 4)
+        for key in ("chosen", "rejected"):
+            values = [m[f"logps/{key}"] for m in dpo]
+            drift[f"logps_{key}"] = [round(sum(values[:quarter]) / quarter, 2), round(sum(values[-quarter:]) / quarter, 2)]
     accuracies = [(m["step"], m["max_steps"], m["rewards/accuracies"]) for m in metrics if "rewards/accuracies" in m]
     for i in range(2, len(accuracies)):
         step, max_steps, _ = accuracies[i]
@@ -327,6 +330,7 @@ def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str
     if held_out:
         # the new policy's samples here are the ones the next iteration would draw, so nothing is wasted
         stages.generate(store, engine, new, held_out, spec["n"], sampling, on_progress)
+        result["mean_tokens_previous_samples"] = _mean_tokens(store, engine, previous, held_out)
         result["mean_tokens_new_samples"] = _mean_tokens(store, engine, new, held_out)
         means = {}
         for name, policy in (("previous", previous), ("new", new)):
