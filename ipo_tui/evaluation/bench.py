@@ -49,7 +49,7 @@ class PairFile:
 
 def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = None, max_tokens: int = MAX_TOKENS,
         judge=None, pairs: PairFile | None = None, progress: Progress = lambda task, done, total: None) -> tuple[str, dict]:
-    """Benchmark the engine's policy on `tasks` (the first `limit` items of each, spread over the
+    """Benchmark the engine's policy on `tasks` (a fixed sample of `limit` items of each, spread over the
     task); returns the benchmark's id and each task's figures. `judge` (the policy's configured
     Judge) and `pairs` are what the judge task needs."""
     from ipo_tui.loop.stages import policy_of
