@@ -25,7 +25,7 @@ from ipo_tui.evaluation.stats import mcnemar, spread, wilson
 from ipo_tui.workspace.store import Store
 
 TASKS = ("ifeval", "gsm8k", "judge")
-GENERATED = {"ifeval": ifeval, "gsm8k": gsm8k}  # each: items, check, summarize, passed
+GENERATED = {"ifeval": ifeval, "gsm8k": gsm8k}  # tasks answered by generation: items, check, summarize
 MAX_TOKENS = 512
 HEADLINE = {"ifeval": "prompt_strict", "gsm8k": "accuracy", "judge": "accuracy"}  # what a table shows first
 Progress = Callable[[str, int, int], None]  # (task, done, total)
@@ -89,7 +89,7 @@ def _generated(store: Store, bench_id: str, engine: Backend, task: str, items: l
         texts = engine.generate_many([([{"role": "user", "content": item["prompt"]}], greedy) for item in chunk])
         seconds = (time.perf_counter() - began) / len(chunk)
         store.add_bench_items(bench_id, task, [
-            (item["key"], text, {**module.check(item, text), "tokens": _tokens(engine, text)}, seconds)
+            (item["key"], text, {**module.check(item, text), "tokens": answer_tokens(engine, text)}, seconds)
             for item, [text] in zip(chunk, texts)])
         progress(task, len(items) - len(todo) + start + len(chunk), len(items))
     stored = store.bench_items(bench_id, task)
@@ -102,7 +102,7 @@ def _generated(store: Store, bench_id: str, engine: Backend, task: str, items: l
     return figures
 
 
-def _tokens(engine: Backend, text: str) -> int | None:
+def answer_tokens(engine: Backend, text: str) -> int | None:
     """A response's length in the policy's tokens (None where the engine has no local tokenizer)."""
     return None if engine.scores_by_text else len(engine.tokenize(text))
 
@@ -128,16 +128,24 @@ def _judge(store: Store, bench_id: str, judge, pairs: PairFile, progress: Progre
         store.add_bench_items(bench_id, "judge", [(prefix + str(i), "", verdict, time.perf_counter() - began)])
         progress("judge", len(chosen) - len(todo) + count, len(chosen))
     stored = store.bench_items(bench_id, "judge")
-    results = [stored[prefix + str(i)] for i, _ in chosen]
-    right = sum(r["result"]["correct"] for r in results)
+    rows = [stored[prefix + str(i)] for i, _ in chosen]
+    return {**_summarize_judge([r["result"] for r in rows]), "file": path.name, "judge": judge.id,
+            "seconds": round(sum(r["seconds"] for r in rows), 1)}
+
+
+def _summarize_judge(results: list[dict]) -> dict:
+    right = sum(r["correct"] for r in results)
     by_category: dict[str, list[int]] = {}
     for r in results:
-        counts = by_category.setdefault(r["result"]["category"], [0, 0])
-        counts[0] += r["result"]["correct"]
+        counts = by_category.setdefault(r["category"], [0, 0])
+        counts[0] += r["correct"]
         counts[1] += 1
     return {"accuracy": right / len(results), "n": len(results), "interval95": {"accuracy": wilson(right, len(results))},
-            "by_category": {k: c / t for k, (c, t) in sorted(by_category.items())}, "file": path.name,
-            "judge": judge.id, "seconds": round(sum(r["seconds"] for r in results), 1)}
+            "by_category": {k: c / t for k, (c, t) in sorted(by_category.items())}}
+
+
+SUMMARIZE = {"ifeval": ifeval.summarize, "gsm8k": gsm8k.summarize, "judge": _summarize_judge}
+PASSED = {"ifeval": ifeval.passed, "gsm8k": gsm8k.passed, "judge": lambda result, level="": result["correct"]}
 
 
 def figure_rows(figures: dict) -> list[tuple[str, str, float, float, float, int]]:
@@ -150,14 +158,10 @@ def figure_rows(figures: dict) -> list[tuple[str, str, float, float, float, int]
 def stored_figures(store: Store, bench_id: str) -> dict:
     """Each task's figures over every item stored for a benchmark (what `ipo bench list` shows)."""
     figures = {}
-    for task in ("ifeval", "gsm8k"):
+    for task in TASKS:
         rows = list(store.bench_items(bench_id, task).values())
         if rows:
-            figures[task] = GENERATED[task].summarize([r["result"] for r in rows])
-    rows = list(store.bench_items(bench_id, "judge").values())
-    if rows:
-        right = sum(r["result"]["correct"] for r in rows)
-        figures["judge"] = {"accuracy": right / len(rows), "n": len(rows)}
+            figures[task] = SUMMARIZE[task]([r["result"] for r in rows])
     return figures
 
 
@@ -171,11 +175,9 @@ def compare(store: Store, a: str, b: str) -> dict:
         common = sorted(left.keys() & right.keys())
         if not common:
             continue
-        levels = ("strict", "loose") if task == "ifeval" else ("",)
-        for level in levels:
-            passed = (GENERATED[task].passed if task in GENERATED else (lambda r, _: r["correct"]))
-            pa = [passed(left[k]["result"], level) for k in common]
-            pb = [passed(right[k]["result"], level) for k in common]
+        for level in ("strict", "loose") if task == "ifeval" else ("",):
+            pa = [PASSED[task](left[k]["result"], level) for k in common]
+            pb = [PASSED[task](right[k]["result"], level) for k in common]
             only_a = sum(x and not y for x, y in zip(pa, pb))
             only_b = sum(y and not x for x, y in zip(pa, pb))
             name = f"{task} prompt {level}" if level else task

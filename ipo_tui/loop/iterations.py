@@ -264,9 +264,11 @@ def _bench(store: Store, engine, spec: dict, on_progress) -> dict:
 
 def _mean_tokens(store: Store, engine, policy: stages.Policy, prompts) -> float | None:
     """The mean length, in the policy's tokens, of its samples on `prompts` (None without a local tokenizer)."""
-    if engine.scores_by_text:
-        return None
-    lengths = [len(engine.tokenize(r["text"])) for p in prompts for r in store.candidates(p["id"], policy.model, policy.adapter)]
+    from ipo_tui.evaluation.bench import answer_tokens
+
+    lengths = [answer_tokens(engine, r["text"]) for p in prompts
+               for r in store.candidates(p["id"], policy.model, policy.adapter)]
+    lengths = [n for n in lengths if n is not None]
     return round(sum(lengths) / len(lengths), 1) if lengths else None
 
 

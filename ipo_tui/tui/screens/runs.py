@@ -5,6 +5,8 @@ change against policy 0 and its McNemar p-value), as a table and a chart."""
 
 from __future__ import annotations
 
+import json
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -70,6 +72,7 @@ each run's folder.
         super().__init__()
         self.runs: list = []
         self.last: dict[str, dict] = {}
+        self._loop_shown: tuple | None = None  # (run id, record) the loop detail was drawn from
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
@@ -165,8 +168,10 @@ each run's folder.
 
         detail = self.query_one("#loop-detail")
         detail.display = run is not None and run.kind == "loop"
-        if not detail.display:
+        shown = (run.id, json.dumps(run.config, sort_keys=True)) if detail.display else None
+        if not detail.display or shown == self._loop_shown:  # the list is reread every 2 s; the loop rarely changes
             return
+        self._loop_shown = shown
         record = run.config
         try:
             rows = {row["policy"]: row for row in benchmarks(self.app.store, record)}
