@@ -51,6 +51,12 @@ def ipo(*args: str) -> None:
     subprocess.run(command, check=True, env=_env())
 
 
+def _install(model: str) -> None:
+    """A catalogue model, registered in the experiment's own data folder (a no-op once done)."""
+    print(f"$ ipo models install {model}", flush=True)
+    subprocess.run([str(ROOT / ".venv" / "bin" / "ipo"), "models", "install", model], check=True, env=_env())
+
+
 def _env() -> dict:
     return {**os.environ, "IPO_DATA_DIR": str(WORK / "data"), "IPO_CONFIG_DIR": str(WORK / "config")}
 
@@ -83,6 +89,8 @@ def stage(name: str) -> None:
         print(f"{name} is saved already ({RESULTS / f'{name}.json'})")
         return
     prepare()
+    for needed in {MODELS[model_key], JUDGE if arm == "judge" else None} - {None}:
+        _install(needed)
     model = ["-m", MODELS[model_key]] if MODELS[model_key] else []
     limit = ["--limit", str(IFEVAL_LIMIT[model_key])] if IFEVAL_LIMIT[model_key] else []
     began = time.time()
