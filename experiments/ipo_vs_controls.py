@@ -170,8 +170,7 @@ def _benches() -> list[dict]:
 
     store = Store(WORKSPACE)
     rows = [{"id": r["id"], "model": r["model"], "adapter": r["adapter"], "settings": json.loads(r["settings"]),
-             "figures": stored_figures(store, r["id"]),
-             "seconds": round(sum(i["seconds"] for i in store.bench_items(r["id"], "ifeval").values()), 1)}
+             "figures": stored_figures(store, r["id"])}
             for r in store.benches()]
     store.close()
     return rows
@@ -191,12 +190,15 @@ def report() -> None:
                 if f:
                     print(f"- {b['id']} {b['model']} {b['adapter'] or '(no adapter)'}: prompt strict "
                           f"{f['prompt_strict']:.3f}, loose {f['prompt_loose']:.3f}, inst strict {f['inst_strict']:.3f}, "
-                          f"loose {f['inst_loose']:.3f} (n={f['n']}), {b['seconds'] / 60:.0f} min")
+                          f"loose {f['inst_loose']:.3f} (n={f['n']}), {f['seconds'] / 60:.0f} min")
             continue
         record = result["record"]
-        print("| policy | pairs | prompt strict | prompt loose | inst strict | inst loose | Δ prompt strict (p) | Δ prompt loose (p) | stages (s) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| policy | pairs | prompt strict | prompt loose | inst strict | inst loose | Δ prompt strict (p) "
+              "| Δ prompt loose (p) | answer tokens | stages (s) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         iterations = {it["iteration"]: it for it in record["done"]}
+        tokens = {0: record["bench0"]["ifeval"]["mean_tokens"],
+                  **{k: it["bench"]["ifeval"]["mean_tokens"] for k, it in iterations.items()}}
         for row in record["benchmarks"]:
             f, c = row["figures"], row["change"]
             it = iterations.get(row["policy"], {})
@@ -207,7 +209,7 @@ def report() -> None:
             seconds = " ".join(f"{k} {v:.0f}" for k, v in (it.get("seconds") or {}).items())
             print(f"| {row['policy']} | {it.get('pairs', '—')} | {f['ifeval prompt strict']:.3f} | {f['ifeval prompt loose']:.3f} "
                   f"| {f['ifeval inst strict']:.3f} | {f['ifeval inst loose']:.3f} | {delta('ifeval prompt strict')} "
-                  f"| {delta('ifeval prompt loose')} | {seconds} |")
+                  f"| {delta('ifeval prompt loose')} | {tokens[row['policy']]:.0f} | {seconds} |")
 
 
 if __name__ == "__main__":

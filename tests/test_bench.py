@@ -141,8 +141,11 @@ def test_judge_task_pairs_two_policies_judged_alike(tmp_path):
 
 @pytest.mark.slow
 def test_bench_stores_and_resumes(tmp_path):
+    from typer.testing import CliRunner
+
     from ipo_tui import backends
     from ipo_tui.backends import weights
+    from ipo_tui.cli.app import app
 
     store = Store(tmp_path / "ws.sqlite")
     engine = backends.load("llamacpp", weights.resolve(None))
@@ -166,6 +169,9 @@ def test_bench_stores_and_resumes(tmp_path):
     assert figures["ifeval"]["at_max_tokens"] is not None and 0 <= figures["ifeval"]["prompt_loose"] <= 1
     keys = set(store.bench_items(bench_id, "gsm8k"))
     assert keys == {i["key"] for i in bench.spread(gsm8k.items(), 4)}
+    assert bench.stored_figures(store, bench_id) == figures  # `ipo bench list` summarizes the same way
+    listed = CliRunner().invoke(app, ["bench", "list", "-w", str(tmp_path / "ws.sqlite")], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and f"ifeval {figures['ifeval']['mean_tokens']:.0f} tokens" in listed.output
 
 
 def test_bench_cli_bad_input(tmp_path):

@@ -113,13 +113,16 @@ def bench_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
     from ipo_tui.evaluation import bench as benchmarks
 
     store = open_store(workspace)
-    table = Table("bench", "policy", "settings", "figures")
+    table = Table("bench", "policy", "settings", "figures", "answers")
     for row in store.benches():
         figures = benchmarks.stored_figures(store, row["id"])
         text = ", ".join(f"{task} {benchmarks.HEADLINE[task]} {v[benchmarks.HEADLINE[task]]:.3f} (n={v['n']})"
                          for task, v in figures.items())
+        lengths = ", ".join(f"{task} {v['mean_tokens']:.0f} tokens, {v['at_max_tokens']:.0%} at max"
+                            for task, v in figures.items() if v.get("mean_tokens") is not None)
         s = json.loads(row["settings"])
-        table.add_row(row["id"], _policy_name(row), f"{s['backend']}, {s['decoding']}, max {s['max_tokens']}", text)
+        table.add_row(row["id"], _policy_name(row), f"{s['backend']}, {s['decoding']}, max {s['max_tokens']}", text,
+                      lengths)
     out.print(table)
 
 

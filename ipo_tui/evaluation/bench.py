@@ -13,6 +13,7 @@ benchmark resumes where it stopped, and two policies' results pair up item by it
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +78,6 @@ def settings(engine: Backend, max_tokens: int) -> dict:
 
 def _generated(store: Store, bench_id: str, engine: Backend, task: str, items: list[dict], max_tokens: int,
                progress: Progress) -> dict:
-    module = GENERATED[task]
     done = store.bench_items(bench_id, task)
     todo = [item for item in items if item["key"] not in done]
     per_call = max(1, engine.generate_rows)
@@ -89,12 +89,16 @@ def _generated(store: Store, bench_id: str, engine: Backend, task: str, items: l
         texts = engine.generate_many([([{"role": "user", "content": item["prompt"]}], greedy) for item in chunk])
         seconds = (time.perf_counter() - began) / len(chunk)
         store.add_bench_items(bench_id, task, [
-            (item["key"], text, {**module.check(item, text), "tokens": answer_tokens(engine, text)}, seconds)
+            (item["key"], text, {**GENERATED[task].check(item, text), "tokens": answer_tokens(engine, text)}, seconds)
             for item, [text] in zip(chunk, texts)])
         progress(task, len(items) - len(todo) + start + len(chunk), len(items))
     stored = store.bench_items(bench_id, task)
-    rows = [stored[item["key"]] for item in items]
-    figures = module.summarize([r["result"] for r in rows])
+    return _generated_figures(task, [stored[item["key"]] for item in items], max_tokens)
+
+
+def _generated_figures(task: str, rows: list[dict], max_tokens: int) -> dict:
+    """A generated task's figures over stored rows, with the answers' lengths and the time they took."""
+    figures = GENERATED[task].summarize([r["result"] for r in rows])
     lengths = [r["result"]["tokens"] for r in rows if r["result"].get("tokens") is not None]
     figures["mean_tokens"] = sum(lengths) / len(lengths) if lengths else None
     figures["at_max_tokens"] = sum(n >= max_tokens for n in lengths) / len(lengths) if lengths else None
@@ -144,7 +148,6 @@ def _summarize_judge(results: list[dict]) -> dict:
             "by_category": {k: c / t for k, (c, t) in sorted(by_category.items())}}
 
 
-SUMMARIZE = {"ifeval": ifeval.summarize, "gsm8k": gsm8k.summarize, "judge": _summarize_judge}
 PASSED = {"ifeval": ifeval.passed, "gsm8k": gsm8k.passed, "judge": lambda result, level="": result["correct"]}
 
 
@@ -157,11 +160,13 @@ def figure_rows(figures: dict) -> list[tuple[str, str, float, float, float, int]
 
 def stored_figures(store: Store, bench_id: str) -> dict:
     """Each task's figures over every item stored for a benchmark (what `ipo bench list` shows)."""
+    max_tokens = json.loads(store.bench_row(bench_id)["settings"])["max_tokens"]
     figures = {}
     for task in TASKS:
         rows = list(store.bench_items(bench_id, task).values())
         if rows:
-            figures[task] = SUMMARIZE[task]([r["result"] for r in rows])
+            figures[task] = _generated_figures(task, rows, max_tokens) if task in GENERATED else \
+                _summarize_judge([r["result"] for r in rows])
     return figures
 
 
