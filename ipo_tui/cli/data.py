@@ -167,9 +167,9 @@ def prompts_search(
         for category, setting in chosen.items():
             out.print(f"  {category}: {setting.describe()}")
     if as_json:
-        out.print(json.dumps({"model": judge.backend.ref.name, "cross_validated": right / total, "pairs": total,
-                              "routers": {k: right_n[0] / right_n[1] for k, right_n in routing.items()},
-                              "techniques": report, "chosen": {c: s.describe() for c, s in chosen.items()}}))
+        print(json.dumps({"model": judge.backend.ref.name, "cross_validated": right / total, "pairs": total,
+                          "routers": {k: right_n[0] / right_n[1] for k, right_n in routing.items()},
+                          "techniques": report, "chosen": {c: s.describe() for c, s in chosen.items()}}))
 
 
 def _candidate_templates(path: Path) -> dict[str, list]:

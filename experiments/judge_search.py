@@ -1,0 +1,116 @@
+"""The judge measurements of the README's "Judge settings beyond the paper's recipe", on larger
+search samples, one model at a time, resumable across sessions.
+
+    python experiments/judge_search.py MODEL     # embedded, qwen05 or qwen15: search, then eval both ways
+    python experiments/judge_search.py save      # keep the measured features (before a session ends)
+    python experiments/judge_search.py report    # the saved results, as markdown
+
+A stage runs `ipo prompts search` on the dev pairs without the 200 that `ipo eval --limit 200`
+takes (so the eval measures on pairs the search never saw), then `ipo eval --limit 200` with the
+chosen setting and with `--judge-plain`. The sample sizes were fixed before running, by what fits
+a session on 2 cores. The search caches every pair's measured numbers in the user cache
+(judge-features/); they are copied to experiments/results/judge-search/features/ after each
+command and by `save`, and copied back before a stage, so a later session on a fresh machine goes
+on where this one stopped. The search's choice is kept in the experiment's own config folder
+(experiments/work/judge-config/), never the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT.parent / "shared" / "data" / "rewardbench-dev.jsonl"
+WORK = ROOT / "experiments" / "work"
+RESULTS = ROOT / "experiments" / "results" / "judge-search"
+FEATURES = RESULTS / "features"
+MODELS = {"embedded": None, "qwen05": "qwen2.5-coder-0.5b-instruct", "qwen15": "qwen2.5-coder-1.5b-instruct"}
+PER_CATEGORY = {"embedded": 150, "qwen05": 90, "qwen15": 60}  # pairs per category the search measures
+
+
+def _env() -> dict:
+    return {**os.environ, "IPO_DATA_DIR": str(WORK / "data"), "IPO_CONFIG_DIR": str(WORK / "judge-config")}
+
+
+def _cache() -> Path:
+    from ipo_tui.config import cache_dir
+
+    return cache_dir() / "judge-features"
+
+
+def _ipo_json(*args: str) -> dict:
+    """Run an `ipo` command that ends with one JSON line; its other output goes to the terminal."""
+    print("$ ipo " + " ".join(args), flush=True)
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "ipo"), *args], env=_env(), check=True,
+                          stdout=subprocess.PIPE, text=True)
+    lines = done.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]), flush=True)
+    return json.loads(lines[-1])
+
+
+def stage(name: str) -> None:
+    if name not in MODELS:
+        sys.exit(f"unknown stage {name!r}: choose {', '.join(MODELS)}, save or report")
+    result_file = RESULTS / f"{name}.json"
+    if result_file.exists():
+        print(f"{name} is saved already ({result_file})")
+        return
+    _cache().mkdir(parents=True, exist_ok=True)
+    for f in FEATURES.glob("*.jsonl"):
+        if not (_cache() / f.name).exists() or (_cache() / f.name).stat().st_size < f.stat().st_size:
+            shutil.copy(f, _cache() / f.name)
+    model = ["-m", MODELS[name]] if MODELS[name] else []
+    if MODELS[name]:
+        print(f"$ ipo models install {MODELS[name]}", flush=True)
+        subprocess.run([str(ROOT / ".venv" / "bin" / "ipo"), "models", "install", MODELS[name]], env=_env(), check=True)
+    try:
+        result = {"stage": name, "per_category": PER_CATEGORY[name]}
+        result["search"] = _ipo_json("prompts", "search", str(DEV), "--holdout", "200", "--per-category",
+                                     str(PER_CATEGORY[name]), "--json", *model)
+        save()
+        result["eval_chosen"] = _ipo_json("eval", str(DEV), "--limit", "200", "--json", *model)
+        result["eval_plain"] = _ipo_json("eval", str(DEV), "--limit", "200", "--judge-plain", "--json", *model)
+    finally:
+        save()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def save() -> None:
+    """The cached features of the dev file's pairs, beside the results."""
+    FEATURES.mkdir(parents=True, exist_ok=True)
+    for f in _cache().glob("*.jsonl"):
+        shutil.copy(f, FEATURES / f.name)
+
+
+def report() -> None:
+    for path in sorted(RESULTS.glob("*.json")):
+        r = json.loads(path.read_text())
+        s = r["search"]
+        print(f"\n### {r['stage']} ({s['model']}, {r['per_category']} pairs per category searched)\n")
+        print("| category | technique | accuracy | 95% interval | pairs |")
+        print("| --- | --- | --- | --- | --- |")
+        for category, rows in s["techniques"].items():
+            for row in rows:
+                low, high = row["interval95"]
+                print(f"| {category} | {row['technique']} | {row['accuracy']:.3f} | {low:.2f}–{high:.2f} | {row['pairs']} |")
+        print(f"\nSearch, cross-validated: {s['cross_validated']:.3f} on {s['pairs']} pairs; chosen: "
+              + "; ".join(f"{c}: {d}" for c, d in s["chosen"].items())
+              + "; routers: " + ", ".join(f"{k} {v:.3f}" for k, v in s["routers"].items()))
+        for label in ("eval_plain", "eval_chosen"):
+            e = r[label]
+            low, high = e["interval95"]
+            cats = ", ".join(f"{c} {v:.2f}" for c, v in sorted(e["by_category"].items()))
+            print(f"- {label.removeprefix('eval_')}: {e['accuracy']:.3f} ({low:.2f}–{high:.2f}) on {e['pairs']} pairs; "
+                  f"{cats}; {e['pairs_per_s']:.2f} pairs/s")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    {"report": report, "save": save}.get(sys.argv[1], lambda: stage(sys.argv[1]))()
