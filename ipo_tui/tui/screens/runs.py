@@ -5,8 +5,6 @@ change against policy 0 and its McNemar p-value), as a table and a chart."""
 
 from __future__ import annotations
 
-import json
-
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -168,7 +166,7 @@ each run's folder.
 
         detail = self.query_one("#loop-detail")
         detail.display = run is not None and run.kind == "loop"
-        shown = (run.id, json.dumps(run.config, sort_keys=True)) if detail.display else None
+        shown = (run.id, run.config) if detail.display else None
         if not detail.display or shown == self._loop_shown:  # the list is reread every 2 s; the loop rarely changes
             return
         self._loop_shown = shown
