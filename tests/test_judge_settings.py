@@ -1,16 +1,18 @@
 """The judge settings change the margin the way they claim: calibration, the PMI baseline, template
-ensembles, polarity, length control, the pairwise swap, the model router, and a search whose
-cross-validation never scores a pair with a setting chosen on it."""
+ensembles, polarity, length control, weights fitted to labelled pairs, the pairwise swap, the model
+router, and a search whose cross-validation never scores a pair with a setting chosen on it."""
 
 import math
 
 import numpy as np
 import pytest
+import yaml
 
+from ipo_tui.errors import IpoError
 from ipo_tui.evaluation import search
 from ipo_tui.judge import pairwise
 from ipo_tui.judge.scoring import CONTENT_FREE, Judge, combine, log_length
-from ipo_tui.judge.settings import CategorySetting, JudgeSettings, load_settings
+from ipo_tui.judge.settings import CategorySetting, JudgeSettings, load_settings, save_for_model
 from ipo_tui.judge.templates import BUILTIN, Template
 
 QUESTION = "Name a primary color."
@@ -138,6 +140,57 @@ def test_cross_validation_never_scores_a_pair_it_chose_on():
     assert best_in_sample > right / n  # the best of 42 settings on noise flatters itself; the held-out figure less
 
 
+def test_fitted_weights_find_a_templates_polarity_and_its_weight(llama_backend):
+    """Two templates, one that tells the pairs apart the wrong way round and one that is noise: the
+    fit gives the first a clear negative weight, and the judge scores with exactly those weights."""
+    rng = np.random.default_rng(2)
+    n = 120
+    t = [BUILTIN["chat"], BUILTIN["chat-quality"]]
+    signal = rng.normal(1.0, 1.0, n)  # chosen minus rejected under the first template, before the flip
+    chosen = np.stack([-signal / 2, rng.normal(0, 1, n)])
+    rejected = np.stack([signal / 2, rng.normal(0, 1, n)])
+    lengths = rng.uniform(3, 7, n)
+    f = search.Features(t, chosen, rejected, np.zeros((2, n)), np.zeros((2, n)), lengths, lengths,
+                        np.full((n, 2), np.nan))
+    assert search.correct(f, CategorySetting(("chat", "chat-quality"))).mean() < 0.4  # the mean is fooled
+    fitted = search.fit_weights(f, np.arange(n), baselines=False)
+    assert fitted.weights[0] < -1.0 and abs(fitted.weights[1]) < 0.5 and fitted.pmi_weights == ()
+    assert search.cross_validate(f, 5, lambda f_, idx: search.fit_weights(f_, idx, False)) / n > 0.75
+    assert search.choose(f, np.arange(n)).fitted  # the search prefers it here, on its inner folds
+    # the judge applies the weights the search fitted: sum of weight * each template's own margin
+    judge = judge_with(llama_backend, templates=fitted.templates, weights=fitted.weights)
+    each = [margins(judge_with(llama_backend, templates=(name,))) for name in fitted.templates]
+    assert np.allclose(margins(judge), fitted.weights[0] * each[0] + fitted.weights[1] * each[1], atol=1e-4)
+
+
+def test_choose_reads_only_the_pairs_it_is_given():
+    rng = np.random.default_rng(3)
+    n = 100
+    t = [BUILTIN["chat"], BUILTIN["chat-quality"], BUILTIN["chat-flaw"]]
+    noise = lambda: rng.normal(0, 1, (3, n))  # noqa: E731
+    f = search.Features(t, noise() + 0.3, noise(), noise(), noise(), rng.uniform(3, 7, n), rng.uniform(3, 7, n),
+                        np.full((n, 2), np.nan))
+    idx = np.arange(0, n, 2)
+    other = np.arange(1, n, 2)
+    spoiled = search.Features(t, f.chosen.copy(), f.rejected.copy(), f.base_chosen.copy(), f.base_rejected.copy(),
+                              f.len_chosen.copy(), f.len_rejected.copy(), f.pairwise)
+    spoiled.chosen[:, other], spoiled.rejected[:, other] = -9.0, 9.0  # every pair outside idx says the opposite
+    assert search.choose(spoiled, idx) == search.choose(f, idx)
+
+
+def test_fitted_weights_round_trip_through_the_config_and_bad_ones_are_refused():
+    fitted = CategorySetting(("safety", "safety-harm"), 0.0, 0.6, 5.7, (-0.5, -0.7), (0.1, 0.2))
+    config = save_for_model({}, "m", {"safety": fitted})
+    assert load_settings(yaml.safe_load(yaml.safe_dump(config)), "m").for_category("safety") == fitted
+    assert "fitted weights with content-free margins" in fitted.describe()
+    for bad, message in (({"templates": ["a", "b"], "weights": [1.0]}, "1 weights for 2 templates"),
+                         ({"templates": ["a"], "weights": ["x"]}, "must be numbers"),
+                         ({"templates": ["a"], "pmi_weights": [1.0]}, "pmi_weights need weights"),
+                         ({"templates": ["a"], "weights": [1.0], "pmi": 1.0}, "pmi and weights together")):
+        with pytest.raises(IpoError, match=message):
+            load_settings({"judge": {"categories": {"chat": bad}}})
+
+
 def test_saved_settings_load_per_model_and_old_configs_still_read():
     config = {"judge": {"category_templates": {"chat": "generic"}, "models": {"m": {
         "router": "model", "categories": {"code": {"templates": ["code", "code-bug"], "pmi": 0.5}}}}}}
@@ -171,6 +224,7 @@ def test_the_model_router_agrees_with_keywords_on_unambiguous_prompts(llama_back
 
 def test_combine_is_what_judge_and_search_share():
     setting = CategorySetting(("a", "b"), pmi=1.0, length_slope=0.5, length_centre=1.0)
-    out = combine([np.array([2.0]), np.array([4.0])], [np.array([1.0]), np.array([1.0])], [1, -1],
-                  np.array([3.0]), setting)
-    assert out[0] == pytest.approx(((2 - 1) + -(4 - 1)) / 2 - 0.5 * (3 - 1))
+    args = [np.array([2.0]), np.array([4.0])], [np.array([1.0]), np.array([1.0])], [1, -1], np.array([3.0])
+    assert combine(*args, setting)[0] == pytest.approx(((2 - 1) + -(4 - 1)) / 2 - 0.5 * (3 - 1))
+    fitted = CategorySetting(("a", "b"), length_slope=0.5, length_centre=1.0, weights=(0.5, 2.0), pmi_weights=(1.0, 0.0))
+    assert combine(*args, fitted)[0] == pytest.approx(0.5 * 2 + 2.0 * 4 - 1.0 * 1 - 0.5 * (3 - 1))  # signs are in the weights

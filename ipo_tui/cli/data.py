@@ -86,8 +86,9 @@ def prompts_search(
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
     base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
-    """Choose, per category, among templates, ensembles, the PMI baseline and length control, by
-    k-fold cross-validation on a labelled file; report each technique; keep the choice for this model."""
+    """Choose, per category, among templates, ensembles, the PMI baseline, length control and weights
+    fitted to the pairs, by k-fold cross-validation on a labelled file; report each technique; keep
+    the choice for this model."""
     import json
 
     import numpy as np

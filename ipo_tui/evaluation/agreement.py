@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ipo_tui.evaluation.stats import wilson
+from ipo_tui.judge.settings import category_setting
 
 
 @dataclass
@@ -52,6 +53,5 @@ def _describe(settings: str | None) -> str:
         return "plain recipe"
     s = json.loads(settings)
     cats = s.get("categories") or {}
-    text = "; ".join(f"{c}: {'+'.join(v['templates'])}" + (f" pmi {v['pmi']:g}" if v.get("pmi") else "")
-                     + (" length" if v.get("length_slope") else "") for c, v in sorted(cats.items()))
+    text = "; ".join(f"{c}: {category_setting(c, v).describe()}" for c, v in sorted(cats.items()))
     return (text or "plain recipe") + (f", {s['mode']}" if s.get("mode") == "pairwise" else "")

@@ -5,6 +5,12 @@ margin for both replies, the same under a content-free instruction, the replies'
 pairwise verdicts), so the model runs once per pair and template; those numbers are cached on
 disk per model and file, and a search resumes where it stopped.
 
+Besides the hand-written settings (subsets of the templates, a PMI weight, length control), the
+search fits a weight per template (and per content-free margin) by logistic regression on the pairs:
+a stacked ensemble that learns which templates the model answers well and which it answers the wrong
+way round. Whether the fit or a hand-written setting is used is decided by cross-validation inside
+the pairs it is given.
+
 The figure a search reports for its choice is cross-validated: for each fold, the setting is
 chosen on the other folds and scored on this one, so no pair is scored by a setting it chose.
 """
@@ -28,7 +34,9 @@ from ipo_tui.judge.settings import CategorySetting
 
 PMI_WEIGHTS = (0.0, 0.5, 1.0)
 SEARCH = "search, cross-validated"
+FITTED = "fitted weights"
 FOLDS = 5
+WEIGHT_PRIOR = 1.0  # the L2 penalty of fitted weights, in log-odds units
 
 
 @dataclass
@@ -115,7 +123,8 @@ def _measure(judge, row: dict, templates: list) -> dict:
 def margins(f: Features, setting: CategorySetting, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The setting's margin for the chosen and the rejected reply of each pair (in `idx`)."""
     idx = np.arange(f.n) if idx is None else idx
-    picked = [i for i, t in enumerate(f.templates) if t.name in setting.templates]
+    index = {t.name: i for i, t in enumerate(f.templates)}
+    picked = [index[name] for name in setting.templates]  # in the setting's order: fitted weights follow it
     signs = [f.templates[i].sign for i in picked]
     out = []
     for m, b, length in ((f.chosen, f.base_chosen, f.len_chosen), (f.rejected, f.base_rejected, f.len_rejected)):
@@ -141,6 +150,34 @@ def fit_length(f: Features, setting: CategorySetting, idx: np.ndarray) -> Catego
     return CategorySetting(setting.templates, setting.pmi, round(slope, 4), round(centre, 4))
 
 
+def fit_weights(f: Features, idx: np.ndarray, baselines: bool) -> CategorySetting:
+    """Every template's weight (and, with `baselines`, its content-free margin's weight) and a length
+    slope, fitted to the labelled pairs in `idx` by logistic regression on the within-pair
+    differences (Bradley-Terry without an intercept: a pair's two replies may come in either order),
+    with a Gaussian prior of scale 1 on each weight (an L2 penalty of WEIGHT_PRIOR) so that a few
+    dozen pairs cannot push a weight far. The signs are free: the fit finds a template's polarity."""
+    columns = [f.chosen[:, idx] - f.rejected[:, idx]]
+    if baselines:
+        columns.append(f.base_rejected[:, idx] - f.base_chosen[:, idx])  # subtracted in the margin
+    columns.append((f.len_rejected[idx] - f.len_chosen[idx])[None, :])  # likewise
+    x = np.concatenate(columns).T
+    x = x[np.isfinite(x).all(axis=1)]
+    w = np.zeros(x.shape[1])
+    for _ in range(50):  # Newton's method on a concave objective: a handful of steps converge
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        gradient = x.T @ (1.0 - p) - WEIGHT_PRIOR * w
+        hessian = (x.T * (p * (1.0 - p))) @ x + WEIGHT_PRIOR * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w += step
+        if np.abs(step).max() < 1e-8:
+            break
+    k = len(f.templates)
+    centre = float(np.concatenate([f.len_chosen[idx], f.len_rejected[idx]]).mean())
+    return CategorySetting(tuple(t.name for t in f.templates), length_slope=round(float(w[-1]), 4),
+                           length_centre=round(centre, 4), weights=tuple(round(float(v), 4) for v in w[:k]),
+                           pmi_weights=tuple(round(float(v), 4) for v in w[k:2 * k]) if baselines else ())
+
+
 def candidates(f: Features) -> list[tuple[CategorySetting, bool]]:
     """Every (setting, length control) the search considers, simplest first: the category's own
     template alone (the plain recipe), then by how many things a setting adds."""
@@ -150,11 +187,26 @@ def candidates(f: Features) -> list[tuple[CategorySetting, bool]]:
     return sorted(every, key=lambda c: len(c[0].templates) - 1 + (c[0].pmi > 0) + c[1])
 
 
-def choose(f: Features, idx: np.ndarray) -> CategorySetting:
-    """The simplest setting whose accuracy on the pairs in `idx` is within one standard error of the
-    best one's (the one-standard-error rule): among some forty settings and a few dozen pairs, the
-    best by a pair or two is as often luck as merit, and a simpler setting transfers better.
-    Length slopes are fit on the same pairs."""
+def choose(f: Features, idx: np.ndarray, k: int = FOLDS) -> CategorySetting:
+    """The setting for the pairs in `idx`: the one-standard-error rule among the hand-written
+    settings (`choose_setting`), or weights fitted to the pairs (`fit_weights`, without and with the
+    content-free margins), whichever does best on `idx` by an inner k-fold cross-validation, again
+    the simplest within one standard error of the best. A fitted model's accuracy on the pairs it was
+    fitted on would flatter it, so the three are compared only on pairs each was not chosen on."""
+    choosers = [choose_setting, lambda f_, i: fit_weights(f_, i, False), lambda f_, i: fit_weights(f_, i, True)]
+    if len(idx) < 2 * k:  # too few pairs to cross-validate inside: the hand-written settings alone
+        return choose_setting(f, idx)
+    accuracy = [cross_validate(f, k, chooser, idx) / len(idx) for chooser in choosers]
+    best = max(accuracy)
+    tolerance = float(np.sqrt(best * (1 - best) / len(idx)))
+    return next(chooser for chooser, a in zip(choosers, accuracy) if a >= best - tolerance)(f, idx)
+
+
+def choose_setting(f: Features, idx: np.ndarray) -> CategorySetting:
+    """The simplest hand-written setting whose accuracy on the pairs in `idx` is within one standard
+    error of the best one's (the one-standard-error rule): among some forty settings and a few dozen
+    pairs, the best by a pair or two is as often luck as merit, and a simpler setting transfers
+    better. Length slopes are fit on the same pairs."""
     scored = []
     for setting, length in candidates(f):
         resolved = fit_length(f, setting, idx) if length else setting
@@ -172,11 +224,12 @@ def folds(n: int, k: int = FOLDS) -> list[np.ndarray]:
     return [np.arange(i, n, k) for i in range(k)]
 
 
-def cross_validate(f: Features, k: int = FOLDS, chooser: Callable = choose) -> int:
-    """Pairs right on held-out folds, each fold judged by a setting `chooser` picked on the other
-    folds only."""
+def cross_validate(f: Features, k: int = FOLDS, chooser: Callable = choose, idx: np.ndarray | None = None) -> int:
+    """Pairs right on held-out folds of `idx` (all pairs by default), each fold judged by a setting
+    `chooser` picked on the other folds only."""
     right = 0
-    parts = folds(f.n, k)
+    idx = np.arange(f.n) if idx is None else idx
+    parts = [idx[p] for p in folds(len(idx), k)]
     for i, held in enumerate(parts):
         train = np.concatenate([p for j, p in enumerate(parts) if j != i])
         right += int(correct(f, chooser(f, train), held).sum())
@@ -207,6 +260,9 @@ def techniques(f: Features, k: int = FOLDS) -> list[Technique]:
             rows.append(Technique(f"negative: {t.name}", int(correct(f, CategorySetting((t.name,))).sum()), f.n))
     lc = cross_validate(f, k, lambda f_, idx: fit_length(f_, plain, idx))
     rows.append(Technique("length control", lc, f.n, "slope fit on the other folds"))
+    for baselines, name in ((False, FITTED), (True, FITTED + " + content-free")):
+        right = cross_validate(f, k, lambda f_, idx, b=baselines: fit_weights(f_, idx, b))
+        rows.append(Technique(name, right, f.n, "weights fit on the other folds"))
     if np.isfinite(f.pairwise).all():
         d1, d2 = f.pairwise[:, 0], f.pairwise[:, 1]
         consistent = float(((d1 > 0) != (d2 > 0)).mean())

@@ -10,8 +10,9 @@ logprob) pairs the server returns for the first token of the assistant's answer.
 sends messages, not token ids, and matches the spellings by text (`from_top_logprobs`).
 
 The judge's settings (judge/settings.py) choose, per category, the templates whose log-odds are
-averaged, a per-response baseline (the response under a content-free instruction), a length
-correction and a calibration offset; `combine` is the one place those are applied.
+averaged (or weighted, as the search fitted them), a per-response baseline (the response under a
+content-free instruction), a length correction and a calibration offset; `combine` is the one
+place those are applied.
 """
 
 from __future__ import annotations
@@ -76,12 +77,14 @@ def log_length(texts: list[str]) -> np.ndarray:
 
 def combine(margins: list[np.ndarray], baselines: list[np.ndarray] | None, signs: list[int],
             lengths: np.ndarray, setting: CategorySetting) -> np.ndarray:
-    """A category's margin from each template's raw z_yes - z_no (and, with pmi, each template's
-    margin for the same responses under a content-free instruction): the mean over templates of
-    sign * (m - pmi * m0), less length_slope * (log length - centre)."""
-    parts = [sign * (m - setting.pmi * b) if setting.pmi else sign * m
-             for m, b, sign in zip(margins, baselines or [None] * len(margins), signs)]
-    out = np.mean(parts, axis=0)
+    """A category's margin from each template's raw z_yes - z_no (and, when the setting uses them,
+    each template's margin for the same responses under a content-free instruction):
+    sum_t a_t * m_t - sum_t b_t * m0_t - length_slope * (log length - centre), with (a, b) the
+    setting's coefficients (for a hand-written setting, the mean over templates of sign * (m - pmi * m0))."""
+    a, b = setting.coefficients(signs)
+    out = sum(w * m for w, m in zip(a, margins))
+    if setting.uses_baselines:
+        out = out - sum(w * m0 for w, m0 in zip(b, baselines))
     if setting.length_slope:
         out = out - setting.length_slope * (lengths - setting.length_centre)
     return out
@@ -212,7 +215,7 @@ class Judge:
         """(margin, mass, truncation notes) under a category's setting."""
         templates = [self.named(name) for name in setting.templates]
         raw = [self.margins(t, instruction, responses) for t in templates]
-        baselines = [self.baselines(t, responses) for t in templates] if setting.pmi else None
+        baselines = [self.baselines(t, responses) for t in templates] if setting.uses_baselines else None
         margin = combine([m for m, _, _ in raw], baselines, [t.sign for t in templates], log_length(responses), setting)
         mass = np.mean([ms for _, ms, _ in raw], axis=0)
         notes = [next((n[i] for _, _, n in raw if n[i]), None) for i in range(len(responses))]

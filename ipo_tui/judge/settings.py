@@ -10,17 +10,21 @@ model and overrides the rest for it):
       min_mass: 0.01
       categories:
         chat: {templates: [chat, chat-flaw], pmi: 1.0, length_slope: 0.4, length_centre: 6.2}
+        safety: {templates: [safety, safety-harm], weights: [-0.7, -2.3], pmi_weights: [0.2, -0.3]}
 
-A category's margin is the mean over its templates of sign * (m - pmi * m0), where m is z_yes - z_no
-for the response and m0 the same response under a content-free instruction (PMI-style), minus
-length_slope * (log(1 + characters) - length_centre).
+A category's margin is sum_t a_t * m_t - sum_t b_t * m0_t - length_slope * (log(1 + characters) -
+length_centre), where m_t is z_yes - z_no for the response under template t and m0_t the same
+response under a content-free instruction (PMI-style). Written by hand, a setting averages: a_t =
+sign_t / k and b_t = pmi * a_t over its k templates. Fitted by `ipo prompts search` (a logistic
+regression on labelled pairs), it gives the coefficients themselves: `weights` (a) and
+`pmi_weights` (b), one per template.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from ipo_tui.errors import IpoError
 from ipo_tui.judge.templates import CATEGORIES
@@ -36,9 +40,39 @@ class CategorySetting:
     pmi: float = 0.0
     length_slope: float = 0.0
     length_centre: float = 0.0
+    weights: tuple[float, ...] = ()  # fitted: one per template, on its margin (instead of the mean)
+    pmi_weights: tuple[float, ...] = ()  # fitted: one per template, on its content-free margin
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.weights)
+
+    @property
+    def uses_baselines(self) -> bool:
+        """Whether a score needs each response's margin under the content-free instruction."""
+        return bool(self.pmi or any(self.pmi_weights))
+
+    def coefficients(self, signs: list[int]) -> tuple[list[float], list[float]]:
+        """(a, b): the weight of each template's margin and of its content-free margin."""
+        if self.fitted:
+            return list(self.weights), list(self.pmi_weights) or [0.0] * len(self.weights)
+        a = [sign / len(signs) for sign in signs]
+        return a, [self.pmi * w for w in a]
+
+    def as_config(self) -> dict:
+        """The setting as the config writes it (and as judge ids digest it: the fitted weights only
+        when there are some, so a hand-written setting keeps the id it always had)."""
+        out: dict = {"templates": list(self.templates), "pmi": self.pmi, "length_slope": self.length_slope,
+                     "length_centre": self.length_centre}
+        for key in ("weights", "pmi_weights"):
+            if getattr(self, key):
+                out[key] = list(getattr(self, key))
+        return out
 
     def describe(self) -> str:
         parts = ["+".join(self.templates)]
+        if self.fitted:
+            parts.append("fitted weights" + (" with content-free margins" if self.uses_baselines else ""))
         if self.pmi:
             parts.append(f"pmi {self.pmi:g}")
         if self.length_slope:
@@ -60,7 +94,7 @@ class JudgeSettings:
 
     def as_config(self) -> dict:
         return {"router": self.router, "mode": self.mode, "calibrate": self.calibrate, "min_mass": self.min_mass,
-                "categories": {k: {**asdict(v), "templates": list(v.templates)} for k, v in sorted(self.categories.items())}}
+                "categories": {k: v.as_config() for k, v in sorted(self.categories.items())}}
 
     def digest(self, templates: dict) -> str:
         """A short id of everything that decides a score, template texts included: judgements made
@@ -72,18 +106,31 @@ class JudgeSettings:
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def _category(name: str, spec) -> CategorySetting:
+def category_setting(name: str, spec) -> CategorySetting:
+    """A category's setting from its config entry (`name` says where, in errors)."""
     if isinstance(spec, str):  # a template name alone
         spec = {"templates": [spec]}
     if not isinstance(spec, dict) or not spec.get("templates"):
         raise IpoError(f"config judge.categories.{name}: give a mapping with a 'templates' list")
     names = spec["templates"]
-    names = [names] if isinstance(names, str) else names
+    names = tuple(str(n) for n in ([names] if isinstance(names, str) else names))
     try:
-        return CategorySetting(tuple(str(n) for n in names), float(spec.get("pmi", 0.0)),
-                               float(spec.get("length_slope", 0.0)), float(spec.get("length_centre", 0.0)))
+        setting = CategorySetting(names, float(spec.get("pmi", 0.0)), float(spec.get("length_slope", 0.0)),
+                                  float(spec.get("length_centre", 0.0)),
+                                  tuple(float(w) for w in spec.get("weights") or ()),
+                                  tuple(float(w) for w in spec.get("pmi_weights") or ()))
     except (TypeError, ValueError):
-        raise IpoError(f"config judge.categories.{name}: pmi, length_slope and length_centre must be numbers") from None
+        raise IpoError(f"config judge.categories.{name}: pmi, length_slope, length_centre, weights and "
+                       "pmi_weights must be numbers (the weights a list of them)") from None
+    for key in ("weights", "pmi_weights"):
+        given = getattr(setting, key)
+        if given and len(given) != len(names):
+            raise IpoError(f"config judge.categories.{name}: {len(given)} {key} for {len(names)} templates; give one per template")
+    if setting.pmi_weights and not setting.weights:
+        raise IpoError(f"config judge.categories.{name}: pmi_weights need weights; give both, or pmi alone")
+    if setting.fitted and setting.pmi:
+        raise IpoError(f"config judge.categories.{name}: pmi and weights together; with weights give pmi_weights instead")
+    return setting
 
 
 def load_settings(config: dict | None, model: str | None = None) -> JudgeSettings:
@@ -108,7 +155,7 @@ def load_settings(config: dict | None, model: str | None = None) -> JudgeSetting
             if not isinstance(layer.get(key) or {}, dict):
                 raise IpoError(f"config judge {key}: expected a mapping of category to setting")
         for name, spec in {**(layer.get("category_templates") or {}), **(layer.get("categories") or {})}.items():
-            categories[name] = _category(name, spec)
+            categories[name] = category_setting(name, spec)
         merged.update({k: v for k, v in layer.items() if k in ("router", "mode", "calibrate", "min_mass")})
     try:
         min_mass = float(merged.get("min_mass", DEFAULT_MIN_MASS))
@@ -139,6 +186,5 @@ def check(settings: JudgeSettings) -> JudgeSettings:
 def save_for_model(config: dict, model: str, chosen: dict[str, CategorySetting]) -> dict:
     """`config` with `chosen` kept under judge.models.MODEL (other categories saved there stay)."""
     entry = config.setdefault("judge", {}).setdefault("models", {}).setdefault(model, {})
-    entry.setdefault("categories", {}).update(
-        {k: {**asdict(v), "templates": list(v.templates)} for k, v in sorted(chosen.items())})
+    entry.setdefault("categories", {}).update({k: v.as_config() for k, v in sorted(chosen.items())})
     return config
