@@ -58,7 +58,8 @@ def test_eval_json_reports_accuracy_by_category(user_dirs, tmp_path, judge):
         assert 0 <= summary["parse_failures"] <= 6
 
 
-def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path):
+def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPO_CACHE_DIR", str(tmp_path / "cache"))  # its measured features stay out of the user's cache
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({**p, "prompt": f"{p['prompt']} ({i})"}) + "\n"
                              for i in range(4) for p in PAIRS if p["category"] == "math"))
@@ -75,6 +76,8 @@ def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path):
     names = [t["technique"] for t in report["techniques"]["math"]]
     assert names[0] == "plain (terse)" and "negative: wrong" in names and names[-1] == "search, cross-validated"
     assert report["pairs"] == 4 and set(report["routers"]) == {"keyword", "model"}
+    [features] = (tmp_path / "cache" / "judge-features").glob("*.jsonl")  # cached, so a stopped search resumes
+    assert len(features.read_text().splitlines()) == 4
     config = yaml.safe_load((user_dirs / "config" / "config.yaml").read_text())
     [saved] = config["judge"]["models"].values()
     assert set(saved["categories"]["math"]["templates"]) <= {"terse", "wrong"}
