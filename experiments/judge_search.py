@@ -30,7 +30,9 @@ WORK = ROOT / "experiments" / "work"
 RESULTS = ROOT / "experiments" / "results" / "judge-search"
 FEATURES = RESULTS / "features"
 MODELS = {"embedded": None, "qwen05": "qwen2.5-coder-0.5b-instruct", "qwen15": "qwen2.5-coder-1.5b-instruct"}
-PER_CATEGORY = {"embedded": 150, "qwen05": 90, "qwen15": 60}  # pairs per category the search measures
+# pairs per category the search measures; qwen05 was 90 until its chat pairs measured at ~30 s each
+# (20 pairs, no result seen), which would not leave a session the time for its evals
+PER_CATEGORY = {"embedded": 150, "qwen05": 60, "qwen15": 60}
 
 
 def _env() -> dict:
@@ -89,6 +91,8 @@ def save() -> None:
 
 
 def report() -> None:
+    from ipo_tui.evaluation.stats import mcnemar
+
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
         s = r["search"]
@@ -108,6 +112,12 @@ def report() -> None:
             cats = ", ".join(f"{c} {v:.2f}" for c, v in sorted(e["by_category"].items()))
             print(f"- {label.removeprefix('eval_')}: {e['accuracy']:.3f} ({low:.2f}–{high:.2f}) on {e['pairs']} pairs; "
                   f"{cats}; {e['pairs_per_s']:.2f} pairs/s")
+        plain, chosen = r["eval_plain"].get("verdicts"), r["eval_chosen"].get("verdicts")
+        if plain and chosen:  # the same 200 pairs in the same order: a paired test
+            only_chosen = sum(c and not p for p, c in zip(plain, chosen))
+            only_plain = sum(p and not c for p, c in zip(plain, chosen))
+            print(f"- chosen against plain, pair by pair: right only under the chosen {only_chosen}, only under the "
+                  f"plain recipe {only_plain}; exact McNemar p = {mcnemar(only_chosen, only_plain):.2g}")
 
 
 if __name__ == "__main__":

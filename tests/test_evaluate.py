@@ -50,6 +50,8 @@ def test_eval_json_reports_accuracy_by_category(user_dirs, tmp_path, judge):
     assert set(summary["by_category"]) == {"math", "chat", "code"} and set(summary["by_subset"]) == {"arith", "colors", "py"}
     correct = sum(round(v) for v in summary["by_category"].values())
     assert summary["accuracy"] == pytest.approx(correct / 3)
+    # pair by pair, in the file's order (one category each here), so two runs can be paired
+    assert summary["verdicts"] == [round(summary["by_category"][p["category"]]) for p in PAIRS]
     low, high = summary["interval95"]
     assert low <= summary["accuracy"] <= high and set(summary["by_category_interval95"]) == {"math", "chat", "code"}
     if judge == "ipo":

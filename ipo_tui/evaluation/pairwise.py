@@ -30,6 +30,7 @@ class EvalResult:
     settings: dict | None = None  # the ipo judge's settings
     position: dict | None = None  # pairwise mode: how far the verdicts follow the position
     warning: str | None = None
+    verdicts: list = field(default_factory=list)  # 1 where the pair was judged right, in the pairs' order
 
     @property
     def accuracy(self) -> float:
@@ -47,6 +48,7 @@ class EvalResult:
             "missing": self.missing if self.judge == "ipo" else None,
             "pairs_per_s": self.pairs / self.seconds if self.seconds else None,
             "judge_settings": self.settings, "position": self.position,
+            "verdicts": self.verdicts,  # two runs on the same pairs can be compared pair by pair (McNemar)
         }
 
 
@@ -95,6 +97,7 @@ def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,
             good = chosen is not None and rejected is not None and chosen > rejected
         result.pairs += 1
         result.correct += good
+        result.verdicts.append(int(good))
         label = row["category"] or category
         for table, key in ((result.by_subset, row["subset"]), (result.by_category, label)):
             table[key][0] += good
