@@ -184,7 +184,10 @@ def test_bench_cli_bad_input(tmp_path):
     for args, message in ((["bench", "--tasks", "mmlu"], "choose among ifeval, gsm8k, judge"),
                           (["bench", "--tasks", "judge"], "needs a labelled pair file"),
                           (["bench", "--tasks", "judge", "--pairs", str(tmp_path / "none.jsonl")], "does not exist"),
-                          (["bench", "compare", "bench-001", "bench-002"], "no benchmark 'bench-001'")):
+                          (["bench", "compare", "bench-001", "bench-002"], "no benchmark 'bench-001'"),
+                          # refused before any model loads (-m names none that exists)
+                          (["bench", "--max-tokens", "0", "-m", "no-such-model"], "--max-tokens 0: give at least 1"),
+                          (["bench", "--limit", "-3", "-m", "no-such-model"], "--limit -3: give a number")):
         result = runner.invoke(app, [*args, "-w", ws])
         assert isinstance(result.exception, IpoError) and message in str(result.exception), (args, result.output)
 

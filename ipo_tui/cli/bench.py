@@ -56,6 +56,7 @@ def bench(
     from ipo_tui.judge.scoring import configured_judge
 
     chosen = benchmarks.parse_tasks(tasks)
+    benchmarks.check(limit, max_tokens)  # before the model loads
     pair_file = benchmarks.PairFile(pairs, pairs_limit) if pairs else None
     if "judge" in chosen and pair_file is None:
         raise IpoError("the judge task needs a labelled pair file: give --pairs FILE (RewardBench format)")

@@ -48,6 +48,14 @@ class PairFile:
     limit: int | None = None
 
 
+def check(limit: int | None, max_tokens: int) -> None:
+    """A run's sizes, checked (the CLI calls it before the model loads)."""
+    if max_tokens < 1:
+        raise IpoError(f"--max-tokens {max_tokens}: give at least 1")
+    if limit is not None and limit < 0:
+        raise IpoError(f"--limit {limit}: give a number of items, or leave it out for all of them")
+
+
 def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = None, max_tokens: int = MAX_TOKENS,
         judge=None, pairs: PairFile | None = None, progress: Progress = lambda task, done, total: None) -> tuple[str, dict]:
     """Benchmark the engine's policy on `tasks` (a fixed sample of `limit` items of each, spread over the
@@ -55,8 +63,7 @@ def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = Non
     Judge) and `pairs` are what the judge task needs."""
     from ipo_tui.loop.stages import policy_of
 
-    if max_tokens < 1:
-        raise IpoError(f"--max-tokens {max_tokens}: give at least 1")
+    check(limit, max_tokens)
     if "judge" in tasks and (judge is None or pairs is None):
         raise IpoError("the judge task needs a labelled pair file: give --pairs FILE (RewardBench format)")
     policy = policy_of(engine)
