@@ -346,18 +346,20 @@ class _Script(BaseHTTPRequestHandler):
             cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
         try:
             time.sleep(cls.delay)
-            if failure:
-                status, headers = failure
-                self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
-                return
-            text = body["messages"][-1]["content"]
-            top = [{"token": " Yes", "logprob": math.log(0.6)}, {"token": "No", "logprob": math.log(0.2)}]
-            self._send(200, {"choices": [{"message": {"role": "assistant", "content": f"{text}:{body['seed']}"},
-                                          "logprobs": {"content": [{"token": " Yes", "logprob": math.log(0.6),
-                                                                    "top_logprobs": top}]}}]})
         finally:
+            # out of flight before the answer goes: once the client has it, it may send the next
+            # request, which another thread could count before this one got back here
             with cls.lock:
                 cls.in_flight -= 1
+        if failure:
+            status, headers = failure
+            self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
+            return
+        text = body["messages"][-1]["content"]
+        top = [{"token": " Yes", "logprob": math.log(0.6)}, {"token": "No", "logprob": math.log(0.2)}]
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": f"{text}:{body['seed']}"},
+                                      "logprobs": {"content": [{"token": " Yes", "logprob": math.log(0.6),
+                                                                "top_logprobs": top}]}}]})
 
 
 @pytest.fixture
