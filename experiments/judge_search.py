@@ -12,7 +12,8 @@ a session on 2 cores. The search caches every pair's measured numbers in the use
 (judge-features/); they are copied to experiments/results/judge-search/features/ after each
 command and by `save`, and copied back before a stage, so a later session on a fresh machine goes
 on where this one stopped. The search's choice is kept in the experiment's own config folder
-(experiments/work/judge-config/), never the user's.
+(experiments/work/judge-config/), never the user's. `embedded-handwritten.json` is the embedded
+stage as it ran before the search could fit weights (the same features; its choice and evals).
 """
 
 from __future__ import annotations
