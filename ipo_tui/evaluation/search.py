@@ -187,16 +187,16 @@ def candidates(f: Features) -> list[tuple[CategorySetting, bool]]:
     return sorted(every, key=lambda c: len(c[0].templates) - 1 + (c[0].pmi > 0) + c[1])
 
 
-def choose(f: Features, idx: np.ndarray, k: int = FOLDS) -> CategorySetting:
+def choose(f: Features, idx: np.ndarray) -> CategorySetting:
     """The setting for the pairs in `idx`: the one-standard-error rule among the hand-written
     settings (`choose_setting`), or weights fitted to the pairs (`fit_weights`, without and with the
-    content-free margins), whichever does best on `idx` by an inner k-fold cross-validation, again
+    content-free margins), whichever does best on `idx` by an inner FOLDS-fold cross-validation, again
     the simplest within one standard error of the best. A fitted model's accuracy on the pairs it was
     fitted on would flatter it, so the three are compared only on pairs each was not chosen on."""
     choosers = [choose_setting, lambda f_, i: fit_weights(f_, i, False), lambda f_, i: fit_weights(f_, i, True)]
-    if len(idx) < 2 * k:  # too few pairs to cross-validate inside: the hand-written settings alone
+    if len(idx) < 2 * FOLDS:  # too few pairs to cross-validate inside: the hand-written settings alone
         return choose_setting(f, idx)
-    accuracy = [cross_validate(f, k, chooser, idx) / len(idx) for chooser in choosers]
+    accuracy = [cross_validate(f, FOLDS, chooser, idx) / len(idx) for chooser in choosers]
     best = max(accuracy)
     tolerance = float(np.sqrt(best * (1 - best) / len(idx)))
     return next(chooser for chooser, a in zip(choosers, accuracy) if a >= best - tolerance)(f, idx)
