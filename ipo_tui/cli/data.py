@@ -132,8 +132,8 @@ def prompts_search(
         bar, progress = progress_bar(f"measuring {category} ({len(templates)} templates)")
         with bar:
             features = search.extract(judge, rows, templates, cache, pairwise_judge, progress)
-        found = search.techniques(features, n_folds)
         chosen[category] = search.choose(features, np.arange(features.n))
+        found = search.techniques(features, chosen[category], n_folds)
         report[category] = [{"technique": t.name, "accuracy": t.right / t.n, "interval95": wilson(t.right, t.n),
                              "pairs": t.n, "note": t.note} for t in found]
         for i, t in enumerate(found):

@@ -244,10 +244,10 @@ class Technique:
     note: str = ""
 
 
-def techniques(f: Features, k: int = FOLDS) -> list[Technique]:
-    """Each technique on its own against the plain recipe, and the search's cross-validated choice.
-    A technique with nothing to fit is measured on all pairs; one that fits (length control, the
-    search) is cross-validated."""
+def techniques(f: Features, chosen: CategorySetting, k: int = FOLDS) -> list[Technique]:
+    """Each technique on its own against the plain recipe, and the search's cross-validated choice
+    (`chosen` is what it picks on all the pairs). A technique with nothing to fit is measured on all
+    pairs; one that fits (length control, the search) is cross-validated."""
     own = f.templates[0].name
     plain = CategorySetting((own,))
     rows = [Technique(f"plain ({own})", int(correct(f, plain).sum()), f.n)]
@@ -269,7 +269,7 @@ def techniques(f: Features, k: int = FOLDS) -> list[Technique]:
         rows.append(Technique("pairwise, both orders", int(((d1 - d2) / 2 > 0).sum()), f.n,
                               f"{consistent:.0%} position-consistent"))
     right = cross_validate(f, k)
-    rows.append(Technique(SEARCH, right, f.n, f"on all pairs it chooses {choose(f, np.arange(f.n)).describe()}"))
+    rows.append(Technique(SEARCH, right, f.n, f"on all pairs it chooses {chosen.describe()}"))
     return rows
 
 
