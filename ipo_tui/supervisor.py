@@ -22,6 +22,7 @@ LOG_ENV = "IPO_CRASH_LOG"
 # leave the alternate screen, show the cursor, stop mouse reports, bracketed paste, focus events, kitty keys
 RESET = "\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l\x1b[?1004l\x1b[<u\x1b[0m\r\n"
 ENGINES = (("llama_cpp", "llama.cpp"), ("torch", "torch"), ("transformers", "transformers"))
+SI_KERNEL = 0x80  # siginfo's si_code of a signal the kernel raised: Ctrl-C at a terminal
 HINTS = {"llama.cpp": "try IPO_LLAMA_REPACK=off, or --backend hf",
          "torch": "try --dtype fp32, or --backend llamacpp on a GGUF file"}
 
@@ -47,21 +48,45 @@ def supervise(command: list[str], log: Path) -> int:
     log.unlink(missing_ok=True)
     saved = _terminal_state()
     child = subprocess.Popen(command, env={**os.environ, LOG_ENV: str(log)})
-    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
-    while True:
-        try:
-            status = child.wait()
-            break
-        except KeyboardInterrupt:  # Ctrl-C reached the child too; it decides how to stop
-            continue
-    for s, handler in previous.items():
-        signal.signal(s, handler)
+    status = _wait(child) if hasattr(signal, "sigtimedwait") else _wait_portably(child)
     if status >= 0 or -status in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL):
         return status
     _restore_terminal(saved)
     sys.stderr.write(report(-status, log) + "\n")
     return 128 - status
+
+
+def _wait(child: subprocess.Popen) -> int:
+    """The child's exit status, passing on the signals sent to this process. A Ctrl-C typed at the
+    terminal reaches the child as well (one process group), so that one is not passed on: the
+    child would see it twice. The kernel marks it (SI_KERNEL); a `kill -INT` or a script's
+    send_signal is marked as sent by a process, and reached only this one."""
+    watched = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)  # after Popen: the child keeps its own mask
+    try:
+        while (status := child.poll()) is None:
+            info = signal.sigtimedwait(watched, 1.0)  # SIGCHLD wakes it when the child ends
+            if info and info.si_signo != signal.SIGCHLD and not (
+                    info.si_signo == signal.SIGINT and info.si_code == SI_KERNEL):
+                child.send_signal(info.si_signo)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+    return status
+
+
+def _wait_portably(child: subprocess.Popen) -> int:
+    """Where signals cannot be told apart (macOS): Ctrl-C is left to the child, SIGTERM and SIGHUP passed on."""
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the child too; it decides how to stop
+                continue
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def report(signum: int, log: Path) -> str:

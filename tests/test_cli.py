@@ -1,15 +1,17 @@
 """The `ipo` command as a user meets it: output shapes and one-line errors, never a traceback."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 
 def ipo(*args: str, env_dirs) -> subprocess.CompletedProcess:
-    import os
-
     env = dict(os.environ, IPO_CONFIG_DIR=str(env_dirs / "config"), IPO_DATA_DIR=str(env_dirs / "data"), COLUMNS="120")
     return subprocess.run([sys.executable, "-m", "ipo_tui", *args], capture_output=True, text=True, env=env, timeout=600)
 
@@ -65,3 +67,30 @@ def test_not_gguf_and_bad_line(user_dirs, tmp_path):
     bad = tmp_path / "c.jsonl"
     bad.write_text('{"response": "ok"}\n{"response": "unterminated}\n')
     assert_one_line_error(ipo("score", "-p", "q", "-f", str(bad), env_dirs=user_dirs), "line 2", "not valid JSON")
+
+
+SUPERVISED = "import sys; sys.argv = ['ipo', *sys.argv[1:]]; from ipo_tui.supervisor import main; main()"
+
+
+@pytest.mark.parametrize("signum, to", [(signal.SIGINT, "the ipo command"), (signal.SIGTERM, "the loop's process")])
+def test_a_signalled_loop_stops_as_ctrl_c_does(user_dirs, tmp_path, signum, to):
+    """`kill -INT` on the `ipo` command (a script's send_signal: no terminal reaches the child), or a
+    SIGTERM on the loop's own process, stops a loop mid-benchmark: recorded stopped, resumable."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Name {n} fruits."}) + "\n" for n in range(2, 6)))
+    assert ipo("prompts", "import", str(prompts), "--name", "fruits", env_dirs=user_dirs).returncode == 0
+    env = dict(os.environ, IPO_CONFIG_DIR=str(user_dirs / "config"), IPO_DATA_DIR=str(user_dirs / "data"))
+    loop = subprocess.Popen([sys.executable, "-c", SUPERVISED, "loop", "--prompts", "fruits", "-n", "2",
+                             "--bench", "ifeval", "--bench-limit", "50", "--bench-max-tokens", "64"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in loop.stderr:  # where the progress goes
+        if "benchmark policy 0" in line:
+            break
+    time.sleep(2)  # answers under way
+    folder = user_dirs / "data" / "runs" / "loop-001"
+    os.kill(loop.pid if to == "the ipo command" else int((folder / "pid").read_text()), signum)
+    out, error = loop.communicate(timeout=60)
+    assert loop.returncode == 130, error
+    assert "loop-001 stopped; continue with `ipo loop --resume loop-001`" in error
+    shown = ipo("runs", env_dirs=user_dirs)
+    assert re.search(r"loop-001\s.*stopped", shown.stdout), shown.stdout

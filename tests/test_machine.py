@@ -1,8 +1,10 @@
 """The machine it meets: llama.cpp's repacking follows the CPU, the engines stay quiet, a native
 crash is one line and leaves the terminal as it was, training precision follows the hardware."""
 
+import fcntl
 import os
 import pty
+import signal
 import subprocess
 import sys
 import termios
@@ -117,6 +119,34 @@ def test_the_ipo_command_runs_through_the_supervisor_from_a_pipe():
         done = subprocess.run([sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == status and text in done.stdout + done.stderr, done.stderr
+
+
+COUNT_SIGINTS = ("import signal, sys, time\n"
+                 "seen = []\n"
+                 "signal.signal(signal.SIGINT, lambda *a: seen.append(1))\n"
+                 "print('ready', flush=True)\n"
+                 "while not seen: time.sleep(0.01)\n"
+                 "time.sleep(1)\n"  # a second one, if any, comes now
+                 "sys.exit(10 + len(seen))\n")
+
+
+@pytest.mark.parametrize("sent_by", ["terminal", "kill"])
+def test_the_child_gets_one_sigint_from_ctrl_c_or_from_a_kill_of_the_ipo_command(tmp_path, sent_by):
+    parent, child = pty.openpty()  # the user's terminal, in which Ctrl-C reaches every process of the job
+    code = (f"import sys, pathlib\nfrom ipo_tui.supervisor import supervise\n"
+            f"sys.exit(supervise([sys.executable, '-c', {COUNT_SIGINTS!r}], pathlib.Path({str(tmp_path / 'c.log')!r})))")
+    ipo = subprocess.Popen([sys.executable, "-c", code], stdin=child, stdout=child, stderr=child,
+                           start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(child)
+    screen = b""
+    while b"ready" not in screen:
+        screen += os.read(parent, 1024)
+    if sent_by == "terminal":
+        os.write(parent, b"\x03")
+    else:
+        os.kill(ipo.pid, signal.SIGINT)
+    assert ipo.wait(timeout=30) == 11
+    os.close(parent)
 
 
 @pytest.mark.parametrize("requested, cuda, cuda_bf16, expected", [

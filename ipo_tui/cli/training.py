@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -238,18 +239,29 @@ def loop(
         out.print(f"{resume_id}: {iterations} iteration(s) on {prompts!r}, folder {store.path.parent / 'runs' / resume_id}")
     store.run(resume_id)  # an unknown id fails here, before the progress bar shows
     bar, progress = progress_bar("working")
-    with bar:
-        def event(message: str) -> None:
-            bar.update(bar.task_ids[0], description=message, completed=0, total=None)
-            bar.console.print(message)
 
-        def train_progress(state: dict, metrics: list[dict]) -> None:
-            stats = f"  loss {metrics[-1]['loss']:.4f}" if metrics else ""
-            bar.update(bar.task_ids[0], completed=state.get("step", 0), total=state.get("max_steps"),
-                       description=f"training{stats}")
+    def event(message: str) -> None:
+        bar.update(bar.task_ids[0], description=message, completed=0, total=None)
+        bar.console.print(message)
 
-        record = loops.run(store, resume_id, event, progress, train_progress, **moved)
+    def train_progress(state: dict, metrics: list[dict]) -> None:
+        stats = f"  loss {metrics[-1]['loss']:.4f}" if metrics else ""
+        bar.update(bar.task_ids[0], completed=state.get("step", 0), total=state.get("max_steps"),
+                   description=f"training{stats}")
+
+    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
+    try:
+        with bar:
+            record = loops.run(store, resume_id, event, progress, train_progress, **moved)
+    except KeyboardInterrupt:
+        err.print(f"{resume_id} stopped; continue with `ipo loop --resume {resume_id}`", highlight=False)
+        raise typer.Exit(130)
     show_loop(store, record)
+
+
+def _stop_as_ctrl_c(signum, frame) -> None:
+    """A kill stops a loop as Ctrl-C does: recorded `stopped`, its trainer checkpointed, resumable."""
+    raise KeyboardInterrupt
 
 
 def show_loop(store, record: dict) -> None:
