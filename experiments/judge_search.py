@@ -2,6 +2,7 @@
 search samples, one model at a time, resumable across sessions.
 
     python experiments/judge_search.py MODEL     # embedded, qwen05 or qwen15: search, then eval both ways
+    python experiments/judge_search.py MODEL+follow   # round 2: the chat pool with judge-candidates/chat-follow.yaml
     python experiments/judge_search.py save      # keep the measured features (before a session ends)
     python experiments/judge_search.py report    # the saved results, as markdown
 
@@ -14,6 +15,12 @@ command and by `save`, and copied back before a stage, so a later session on a f
 on where this one stopped. The search's choice is kept in the experiment's own config folder
 (experiments/work/judge-config/), never the user's. `embedded-handwritten.json` is the embedded
 stage as it ran before the search could fit weights (the same features; its choice and evals).
+
+Round 2 (`MODEL+follow`, after MODEL's own stage) adds two instruction-following templates to the
+chat candidates (experiments/judge-candidates/chat-follow.yaml, the three built-in ones and two
+new): the same search (its features cached, so it re-chooses every category as before), then the
+chat search with the five, then `ipo eval --limit 200` with what it chose. The plain recipe's eval
+is MODEL's (the same 200 pairs and settings, so it is not run again).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ MODELS = {"embedded": None, "qwen05": "qwen2.5-coder-0.5b-instruct", "qwen15": "
 # pairs per category the search measures; qwen05 was 90 until its chat pairs measured at ~30 s each
 # (20 pairs, no result seen), which would not leave a session the time for its evals
 PER_CATEGORY = {"embedded": 150, "qwen05": 60, "qwen15": 60}
+FOLLOW = ROOT / "experiments" / "judge-candidates" / "chat-follow.yaml"
 
 
 def _env() -> dict:
@@ -57,27 +65,34 @@ def _ipo_json(*args: str) -> dict:
 
 
 def stage(name: str) -> None:
-    if name not in MODELS:
-        sys.exit(f"unknown stage {name!r}: choose {', '.join(MODELS)}, save or report")
+    base, follow = name.removesuffix("+follow"), name.endswith("+follow")
+    if base not in MODELS:
+        sys.exit(f"unknown stage {name!r}: choose {', '.join(MODELS)} (each with or without +follow), save or report")
     result_file = RESULTS / f"{name}.json"
     if result_file.exists():
         print(f"{name} is saved already ({result_file})")
         return
+    if follow and not (RESULTS / f"{base}.json").exists():
+        sys.exit(f"{name} builds on {base}: run that stage first")
     _cache().mkdir(parents=True, exist_ok=True)
     for f in FEATURES.glob("*.jsonl"):
         if not (_cache() / f.name).exists() or (_cache() / f.name).stat().st_size < f.stat().st_size:
             shutil.copy(f, _cache() / f.name)
-    model = ["-m", MODELS[name]] if MODELS[name] else []
-    if MODELS[name]:
-        print(f"$ ipo models install {MODELS[name]}", flush=True)
-        subprocess.run([str(ROOT / ".venv" / "bin" / "ipo"), "models", "install", MODELS[name]], env=_env(), check=True)
+    model = ["-m", MODELS[base]] if MODELS[base] else []
+    if MODELS[base]:
+        print(f"$ ipo models install {MODELS[base]}", flush=True)
+        subprocess.run([str(ROOT / ".venv" / "bin" / "ipo"), "models", "install", MODELS[base]], env=_env(), check=True)
+    search = ["prompts", "search", str(DEV), "--holdout", "200", "--per-category", str(PER_CATEGORY[base]), "--json"]
     try:
-        result = {"stage": name, "per_category": PER_CATEGORY[name]}
-        result["search"] = _ipo_json("prompts", "search", str(DEV), "--holdout", "200", "--per-category",
-                                     str(PER_CATEGORY[name]), "--json", *model)
+        result = {"stage": name, "per_category": PER_CATEGORY[base]}
+        result["search"] = _ipo_json(*search, *model)
         save()
+        if follow:
+            result["search_follow"] = _ipo_json(*search, "--candidates", str(FOLLOW), *model)
+            save()
         result["eval_chosen"] = _ipo_json("eval", str(DEV), "--limit", "200", "--json", *model)
-        result["eval_plain"] = _ipo_json("eval", str(DEV), "--limit", "200", "--judge-plain", "--json", *model)
+        result["eval_plain"] = (json.loads((RESULTS / f"{base}.json").read_text())["eval_plain"] if follow else
+                                _ipo_json("eval", str(DEV), "--limit", "200", "--judge-plain", "--json", *model))
     finally:
         save()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -107,6 +122,15 @@ def report() -> None:
         print(f"\nSearch, cross-validated: {s['cross_validated']:.3f} on {s['pairs']} pairs; chosen: "
               + "; ".join(f"{c}: {d}" for c, d in s["chosen"].items())
               + "; routers: " + ", ".join(f"{k} {v:.3f}" for k, v in s["routers"].items()))
+        if "search_follow" in r:
+            f = r["search_follow"]
+            print("\nWith the instruction-following templates (chat only):\n")
+            print("| technique | accuracy | 95% interval | pairs |")
+            print("| --- | --- | --- | --- |")
+            for row in f["techniques"]["chat"]:
+                low, high = row["interval95"]
+                print(f"| {row['technique']} | {row['accuracy']:.3f} | {low:.2f}–{high:.2f} | {row['pairs']} |")
+            print(f"\nchosen: {f['chosen']['chat']}")
         for label in ("eval_plain", "eval_chosen"):
             e = r[label]
             low, high = e["interval95"]

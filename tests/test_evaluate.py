@@ -78,8 +78,9 @@ def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path, 
     names = [t["technique"] for t in report["techniques"]["math"]]
     assert names[0] == "plain (terse)" and "negative: wrong" in names and names[-1] == "search, cross-validated"
     assert report["pairs"] == 4 and set(report["routers"]) == {"keyword", "model"}
-    [features] = (tmp_path / "cache" / "judge-features").glob("*.jsonl")  # cached, so a stopped search resumes
-    assert len(features.read_text().splitlines()) == 4
+    cache = tmp_path / "cache" / "judge-features"
+    measured = {f.name: f.read_text() for f in cache.glob("*.jsonl")}  # one file per template: a stopped search resumes
+    assert len(measured) == 2 and all(len(text.splitlines()) == 4 for text in measured.values())
     config = yaml.safe_load((user_dirs / "config" / "config.yaml").read_text())
     [saved] = config["judge"]["models"].values()
     assert set(saved["categories"]["math"]["templates"]) <= {"terse", "wrong"}
@@ -88,6 +89,15 @@ def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path, 
     result = ipo("eval", str(pairs), "--json", "-b", "llamacpp", env_dirs=user_dirs)
     assert json.loads(result.stdout.strip().splitlines()[-1])["judge_settings"]["categories"]["math"]["templates"] == \
         saved["categories"]["math"]["templates"]
+    # a template added to the candidates measures only itself
+    spec = yaml.safe_load(candidates.read_text())
+    spec["math"].append({"name": "short", "user": "{instruction} {response} Right? Yes or No."})
+    candidates.write_text(yaml.safe_dump(spec))
+    result = ipo("prompts", "search", str(pairs), "--candidates", str(candidates), "--folds", "2", "--no-pairwise",
+                 "--json", "-b", "llamacpp", env_dirs=user_dirs)
+    assert result.returncode == 0, result.stderr
+    assert {f.name: f.read_text() for f in cache.glob("*.jsonl") if f.name in measured} == measured
+    assert len(list(cache.glob("*.jsonl"))) == 3
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"math": [{"name": "x", "user": "no placeholders"}]}))
     result = ipo("prompts", "search", str(pairs), "--candidates", str(bad), "-b", "llamacpp", env_dirs=user_dirs)

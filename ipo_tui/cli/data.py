@@ -128,10 +128,9 @@ def prompts_search(
     report, chosen = {}, {}
     for category, rows in groups.items():
         templates = custom.get(category) or [judge.named(n) for n in POOL.get(category, (category,))]
-        cache = search.cache_file(folder, judge.policy, templates)
         bar, progress = progress_bar(f"measuring {category} ({len(templates)} templates)")
         with bar:
-            features = search.extract(judge, rows, templates, cache, pairwise_judge, progress)
+            features = search.extract(judge, rows, templates, folder, pairwise_judge, progress)
         chosen[category] = search.choose(features, np.arange(features.n))
         found = search.techniques(features, chosen[category], n_folds)
         report[category] = [{"technique": t.name, "accuracy": t.right / t.n, "interval95": wilson(t.right, t.n),

@@ -3,7 +3,8 @@
 Every setting is a function of a few numbers per pair (`Features`: each candidate template's raw
 margin for both replies, the same under a content-free instruction, the replies' lengths, and the
 pairwise verdicts), so the model runs once per pair and template; those numbers are cached on
-disk per model and file, and a search resumes where it stopped.
+disk per model and template (and for the pairwise prompt), so a search resumes where it stopped and
+a template added to the candidates measures only itself.
 
 Besides the hand-written settings (subsets of the templates, a PMI weight, length control), the
 search fits a weight per template (and per content-free margin) by logistic regression on the pairs:
@@ -28,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ipo_tui.errors import IpoError
+from ipo_tui.judge import pairwise
 from ipo_tui.judge.routing import category_for
 from ipo_tui.judge.scoring import combine, log_length
 from ipo_tui.judge.settings import CategorySetting
@@ -61,60 +63,69 @@ def pair_key(row: dict) -> str:
     return hashlib.sha1(json.dumps([row["prompt"], row["chosen"], row["rejected"]]).encode()).hexdigest()[:16]
 
 
-def cache_file(folder: Path, model_id: str, templates: list) -> Path:
-    """One cache per model and template texts (a change of wording is a new cache)."""
-    text = json.dumps([model_id, [[t.name, t.system, t.user, t.polarity] for t in templates]])
-    return folder / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.jsonl"
+class FeatureCache:
+    """Measured numbers per pair, one JSON line each, in a file named for what measured them (a model
+    and one template's texts, or the pairwise prompt): a change of wording is a new file, and a
+    template added to a search measures only itself."""
+
+    def __init__(self, folder: Path, *what) -> None:
+        self.path = folder / f"{hashlib.sha1(json.dumps(what).encode()).hexdigest()[:16]}.jsonl"
+        self.known: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: measured again
+                    continue
+                self.known[record["key"]] = record
+
+    def get(self, key: str, measure: Callable[[], dict]) -> dict:
+        if key not in self.known:
+            self.known[key] = {**measure(), "key": key}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(self.known[key]) + "\n")
+        return self.known[key]
 
 
-def extract(judge, rows: list[dict], templates: list, cache: Path, pairwise_judge=None,
+def template_cache(folder: Path, model_id: str, template) -> FeatureCache:
+    return FeatureCache(folder, model_id, [template.name, template.system, template.user, template.polarity])
+
+
+def pairwise_cache(folder: Path, model_id: str) -> FeatureCache:
+    return FeatureCache(folder, model_id, "pairwise", pairwise.SYSTEM, pairwise.USER)
+
+
+def extract(judge, rows: list[dict], templates: list, folder: Path, pairwise_judge=None,
             progress: Callable[[int, int], None] = lambda done, total: None) -> Features:
-    """The features of `rows` (pairs of one category) under `templates`, read from `cache` where
-    present and appended to it as they are computed."""
-    known: dict[str, dict] = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: computed again
-                continue
-            known[record["key"]] = record
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    records = []
-    with cache.open("a") as fh:
-        for done, row in enumerate(rows, 1):
-            key = pair_key(row)
-            record = known.get(key)
-            if record is None or (pairwise_judge is not None and record.get("pairwise") is None):
-                record = record or _measure(judge, row, templates)
-                if pairwise_judge is not None:
-                    record["pairwise"] = list(pairwise_judge.raw(row["prompt"], row["chosen"], row["rejected"]))
-                record["key"] = key
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
-            records.append(record)
-            progress(done, len(rows))
+    """The features of `rows` (pairs of one category) under `templates`, read from the caches in
+    `folder` where present and added to them as they are measured."""
+    caches = [template_cache(folder, judge.policy, t) for t in templates]
+    verdict_cache = pairwise_cache(folder, judge.policy) if pairwise_judge is not None else None
+    records, verdicts = [], []
+    for done, row in enumerate(rows, 1):
+        key = pair_key(row)
+        records.append([c.get(key, lambda t=t: _measure(judge, row, t)) for c, t in zip(caches, templates)])
+        if verdict_cache is not None:
+            verdicts.append(verdict_cache.get(key, lambda: {"pairwise": list(
+                pairwise_judge.raw(row["prompt"], row["chosen"], row["rejected"]))})["pairwise"])
+        progress(done, len(rows))
     nan = [float("nan")] * 2
     return Features(
         templates,
-        *(np.array([r[field] for r in records], dtype=np.float64).T.reshape(len(templates), len(records))
+        *(np.array([[r[field] for r in pair] for pair in records], dtype=np.float64).reshape(len(rows), len(templates)).T
           for field in ("chosen", "rejected", "base_chosen", "base_rejected")),
         log_length([row["chosen"] for row in rows]), log_length([row["rejected"] for row in rows]),
-        np.array([r.get("pairwise") or nan for r in records], dtype=np.float64).reshape(len(records), 2),
+        np.array(verdicts or [nan] * len(rows), dtype=np.float64).reshape(len(rows), 2),
     )
 
 
-def _measure(judge, row: dict, templates: list) -> dict:
-    replies = [row["chosen"], row["rejected"]]
-    out = {"chosen": [], "rejected": [], "base_chosen": [], "base_rejected": []}
-    for t in templates:
-        margin, _, _ = judge.margins(t, row["prompt"], replies)
-        base = judge.baselines(t, replies)
-        out["chosen"].append(float(margin[0]))
-        out["rejected"].append(float(margin[1]))
-        out["base_chosen"].append(float(base[0]))
-        out["base_rejected"].append(float(base[1]))
-    return out
+def _measure(judge, row: dict, template) -> dict:
+    """One template's raw margin for both replies of a pair, and the same under a content-free instruction."""
+    margin, _, _ = judge.margins(template, row["prompt"], [row["chosen"], row["rejected"]])
+    base = judge.baselines(template, [row["chosen"], row["rejected"]])
+    return {"chosen": float(margin[0]), "rejected": float(margin[1]),
+            "base_chosen": float(base[0]), "base_rejected": float(base[1])}
 
 
 # --- settings as functions of the features --------------------------------------------------------
