@@ -115,7 +115,7 @@ def test_an_ordinary_exit_passes_through_the_supervisor(tmp_path):
 
 def test_the_ipo_command_runs_through_the_supervisor_from_a_pipe():
     code = "import sys; sys.argv = ['ipo', *sys.argv[1:]]; from ipo_tui.supervisor import main; main()"
-    for args, status, text in ((["--help"], 0, "score"), (["models", "remove", "nothing"], 1, "no registered model")):
+    for args, status, text in ((["--help"], 0, "Usage: ipo [OPTIONS] COMMAND"), (["models", "remove", "nothing"], 1, "no registered model")):
         done = subprocess.run([sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == status and text in done.stdout + done.stderr, done.stderr

@@ -63,7 +63,7 @@ app.add_typer(export.app, name="export")
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="ipo")  # the name the user typed, not `python -m ipo_tui` that the supervisor runs
     except IpoError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)

@@ -86,9 +86,10 @@ def prompts_search(
     score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
     base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
-    """Choose, per category, among templates, ensembles, the PMI baseline, length control and weights
-    fitted to the pairs, by k-fold cross-validation on a labelled file; report each technique; keep
-    the choice for this model."""
+    """Choose each category's judge setting on labelled pairs, cross-validated; keep it for this model.
+
+    The candidates: templates, ensembles, the PMI baseline, length control and weights fitted to
+    the pairs, each reported against the plain recipe."""
     import json
 
     import numpy as np
@@ -303,8 +304,10 @@ def pairs_stats(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per row instead of a table."),
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
-    """How often you agreed with the judge when curating: its accuracy on your own data, per judge
-    setting and category (accepted = agreed, swapped = disagreed; rejected and edited pairs apart)."""
+    """How often you agreed with the judge when curating: its accuracy on your own data.
+
+    Per judge setting and category: accepted = agreed, swapped = disagreed; rejected and edited
+    pairs are counted apart."""
     import json
 
     from ipo_tui.evaluation.agreement import person_agreement
