@@ -89,7 +89,7 @@ def test_a_signalled_loop_stops_as_ctrl_c_does(user_dirs, tmp_path, signum, to):
     time.sleep(2)  # answers under way
     folder = user_dirs / "data" / "runs" / "loop-001"
     os.kill(loop.pid if to == "the ipo command" else int((folder / "pid").read_text()), signum)
-    out, error = loop.communicate(timeout=60)
+    _, error = loop.communicate(timeout=60)
     assert loop.returncode == 130, error
     assert "loop-001 stopped; continue with `ipo loop --resume loop-001`" in error
     shown = ipo("runs", env_dirs=user_dirs)
