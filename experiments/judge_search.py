@@ -3,6 +3,7 @@ search samples, one model at a time, resumable across sessions.
 
     python experiments/judge_search.py MODEL     # embedded, qwen05 or qwen15: search, then eval both ways
     python experiments/judge_search.py MODEL+follow   # round 2: the chat pool with judge-candidates/chat-follow.yaml
+    python experiments/judge_search.py MODEL+reply    # round 3: the replies' PMI with their instruction measured too
     python experiments/judge_search.py save      # keep the measured features (before a session ends)
     python experiments/judge_search.py report    # the saved results, as markdown
 
@@ -21,6 +22,11 @@ chat candidates (experiments/judge-candidates/chat-follow.yaml, the three built-
 new): the same search (its features cached, so it re-chooses every category as before), then the
 chat search with the five, then `ipo eval --limit 200` with what it chose. The plain recipe's eval
 is MODEL's (the same 200 pairs and settings, so it is not run again).
+
+Round 3 (`MODEL+reply`, after MODEL's own stage) is MODEL's search with each reply's PMI with its
+instruction measured as well (log p(reply | instruction) - log p(reply | N/A), which `ipo prompts
+search` measures by default since), so the search may fit a weight to it; then `ipo eval --limit
+200` with what it chose, against MODEL's plain eval.
 """
 
 from __future__ import annotations
@@ -65,14 +71,15 @@ def _ipo_json(*args: str) -> dict:
 
 
 def stage(name: str) -> None:
-    base, follow = name.removesuffix("+follow"), name.endswith("+follow")
-    if base not in MODELS:
-        sys.exit(f"unknown stage {name!r}: choose {', '.join(MODELS)} (each with or without +follow), save or report")
+    base, _, round_ = name.partition("+")
+    follow = round_ == "follow"
+    if base not in MODELS or round_ not in ("", "follow", "reply"):
+        sys.exit(f"unknown stage {name!r}: choose {', '.join(MODELS)} (each alone, +follow or +reply), save or report")
     result_file = RESULTS / f"{name}.json"
     if result_file.exists():
         print(f"{name} is saved already ({result_file})")
         return
-    if follow and not (RESULTS / f"{base}.json").exists():
+    if round_ and not (RESULTS / f"{base}.json").exists():
         sys.exit(f"{name} builds on {base}: run that stage first")
     _cache().mkdir(parents=True, exist_ok=True)
     for f in FEATURES.glob("*.jsonl"):
@@ -91,7 +98,7 @@ def stage(name: str) -> None:
             result["search_follow"] = _ipo_json(*search, "--candidates", str(FOLLOW), *model)
             save()
         result["eval_chosen"] = _ipo_json("eval", str(DEV), "--limit", "200", "--json", *model)
-        result["eval_plain"] = (json.loads((RESULTS / f"{base}.json").read_text())["eval_plain"] if follow else
+        result["eval_plain"] = (json.loads((RESULTS / f"{base}.json").read_text())["eval_plain"] if round_ else
                                 _ipo_json("eval", str(DEV), "--limit", "200", "--judge-plain", "--json", *model))
     finally:
         save()

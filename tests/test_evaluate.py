@@ -77,10 +77,12 @@ def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path, 
     report = json.loads(result.stdout.strip().splitlines()[-1])
     names = [t["technique"] for t in report["techniques"]["math"]]
     assert names[0] == "plain (terse)" and "negative: wrong" in names and names[-1] == "search, cross-validated"
+    assert {"reply PMI", "reply PMI per token", "fitted weights + reply PMI"} <= set(names)
     assert report["pairs"] == 4 and set(report["routers"]) == {"keyword", "model"}
     cache = tmp_path / "cache" / "judge-features"
-    measured = {f.name: f.read_text() for f in cache.glob("*.jsonl")}  # one file per template: a stopped search resumes
-    assert len(measured) == 2 and all(len(text.splitlines()) == 4 for text in measured.values())
+    # one file per template and one for the replies' PMI: a stopped search resumes
+    measured = {f.name: f.read_text() for f in cache.glob("*.jsonl")}
+    assert len(measured) == 3 and all(len(text.splitlines()) == 4 for text in measured.values())
     config = yaml.safe_load((user_dirs / "config" / "config.yaml").read_text())
     [saved] = config["judge"]["models"].values()
     assert set(saved["categories"]["math"]["templates"]) <= {"terse", "wrong"}
@@ -97,7 +99,7 @@ def test_prompt_search_cross_validates_and_saves_per_model(user_dirs, tmp_path, 
                  "--json", "-b", "llamacpp", env_dirs=user_dirs)
     assert result.returncode == 0, result.stderr
     assert {f.name: f.read_text() for f in cache.glob("*.jsonl") if f.name in measured} == measured
-    assert len(list(cache.glob("*.jsonl"))) == 3
+    assert len(list(cache.glob("*.jsonl"))) == 4
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"math": [{"name": "x", "user": "no placeholders"}]}))
     result = ipo("prompts", "search", str(pairs), "--candidates", str(bad), "-b", "llamacpp", env_dirs=user_dirs)

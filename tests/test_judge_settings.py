@@ -48,6 +48,24 @@ def test_pmi_subtracts_the_replys_score_under_a_content_free_instruction(llama_b
     assert np.allclose(half, margins(raw) - 0.5 * baseline, atol=1e-4)
 
 
+def test_reply_pmi_adds_how_much_the_instruction_makes_the_reply_likelier(llama_backend):
+    raw = Judge(llama_backend)
+    pmi, tokens = raw.reply_pmi(QUESTION, ANSWERS)
+
+    def logprobs(instruction):
+        prefix = llama_backend.tokenize(llama_backend.render_chat([{"role": "user", "content": instruction}]))
+        return llama_backend.sequence_logprobs(prefix, [llama_backend.tokenize(a) for a in ANSWERS])
+
+    assert np.allclose(pmi, logprobs(QUESTION) - logprobs(CONTENT_FREE), atol=1e-2)
+    assert list(tokens) == [len(llama_backend.tokenize(a)) for a in ANSWERS]
+    weighted = margins(judge_with(llama_backend, reply_pmi=0.5, reply_pmi_per_token=2.0))
+    assert np.allclose(weighted, margins(raw) + 0.5 * pmi + 2.0 * pmi / tokens, atol=1e-2)
+    # the reply to the question asked gains; a fluent reply to another question does not
+    on_task, off_task = Judge(llama_backend).reply_pmi("Translate 'thank you' into French.",
+                                                       ["Merci.", "Photosynthesis turns light into chemical energy."])[0]
+    assert on_task > 1.0 > off_task
+
+
 def test_an_ensemble_averages_log_odds_not_probabilities(llama_backend):
     both = judge_with(llama_backend, templates=("chat", "chat-quality"))
     each = [margins(judge_with(llama_backend, templates=(name,))) for name in ("chat", "chat-quality")]
@@ -163,6 +181,29 @@ def test_fitted_weights_find_a_templates_polarity_and_its_weight(llama_backend):
     assert np.allclose(margins(judge), fitted.weights[0] * each[0] + fitted.weights[1] * each[1], atol=1e-4)
 
 
+def test_fitted_weights_take_the_reply_pmi_where_it_tells_the_pairs_apart():
+    """Templates that are noise, and a reply PMI that is higher for the chosen reply: the fit weights
+    the PMI, cross-validates well, and the search takes it; without the PMI measured it cannot."""
+    rng = np.random.default_rng(4)
+    n = 100
+    t = [BUILTIN["chat"], BUILTIN["chat-quality"]]
+    noise = lambda: rng.normal(0, 1, (2, n))  # noqa: E731
+    tokens = rng.integers(20, 200, (n, 2)).astype(float)
+    pmi_c, pmi_r = tokens[:, 0] * rng.normal(0.3, 0.1, n), tokens[:, 1] * rng.normal(0.0, 0.1, n)
+    reply = np.stack([pmi_c, tokens[:, 0], pmi_r, tokens[:, 1]], axis=1)
+    lengths = rng.uniform(3, 7, n)
+    f = search.Features(t, noise(), noise(), noise(), noise(), lengths, lengths, np.full((n, 2), np.nan), reply)
+    fitted = search.fit_weights(f, np.arange(n), baselines=False, reply=True)
+    assert fitted.uses_reply_pmi and fitted.reply_pmi_per_token > 1.0
+    assert search.cross_validate(f, 5, lambda f_, idx: search.fit_weights(f_, idx, False, True)) / n > 0.9
+    assert search.choose(f, np.arange(n)).uses_reply_pmi
+    assert not search.choose(search.Features(*[getattr(f, k) for k in (
+        "templates", "chosen", "rejected", "base_chosen", "base_rejected", "len_chosen", "len_rejected", "pairwise")]),
+        np.arange(n)).uses_reply_pmi
+    rows = {r.name: r for r in search.techniques(f, fitted)}
+    assert rows["reply PMI per token"].right > 0.9 * n and rows["fitted weights + reply PMI"].right > 0.9 * n
+
+
 def test_choose_reads_only_the_pairs_it_is_given():
     rng = np.random.default_rng(3)
     n = 100
@@ -183,8 +224,13 @@ def test_fitted_weights_round_trip_through_the_config_and_bad_ones_are_refused()
     config = save_for_model({}, "m", {"safety": fitted})
     assert load_settings(yaml.safe_load(yaml.safe_dump(config)), "m").for_category("safety") == fitted
     assert "fitted weights with content-free margins" in fitted.describe()
+    with_reply = CategorySetting(("chat",), weights=(0.3,), reply_pmi=0.02, reply_pmi_per_token=1.5)
+    config = save_for_model({}, "m", {"chat": with_reply})
+    assert load_settings(yaml.safe_load(yaml.safe_dump(config)), "m").for_category("chat") == with_reply
+    assert "reply PMI +0.02, per token +1.5" in with_reply.describe()
     for bad, message in (({"templates": ["a", "b"], "weights": [1.0]}, "1 weights for 2 templates"),
                          ({"templates": ["a"], "weights": ["x"]}, "must be numbers"),
+                         ({"templates": ["a"], "reply_pmi": "lots"}, "must be numbers"),
                          ({"templates": ["a"], "pmi_weights": [1.0]}, "pmi_weights need weights"),
                          ({"templates": ["a"], "weights": [1.0], "pmi": 1.0}, "pmi and weights together")):
         with pytest.raises(IpoError, match=message):

@@ -74,6 +74,22 @@ def test_llama_kv_reuse_equals_fresh_context(llama_backend, llama_judge):
     np.testing.assert_allclose(batched, one_by_one, atol=1e-3)
 
 
+@pytest.mark.parametrize("backend_fixture", ["hf_backend", "llama_backend"])
+def test_a_replys_logprob_is_the_sum_of_its_next_token_logprobs(request, backend_fixture):
+    backend = request.getfixturevalue(backend_fixture)
+    prefix = backend.tokenize(backend.render_chat([{"role": "user", "content": QUESTION}]))
+    replies = [backend.tokenize(a) for a in ANSWERS]
+
+    def next_token(tokens, target):  # log p(target | tokens), from the judge's own one-position pass
+        return float(backend.last_logprobs(tokens[:-1], [tokens[-1:]], [target])[0, 0])
+
+    token_by_token = [sum(next_token(prefix + reply[:i], reply[i]) for i in range(len(reply))) for reply in replies]
+    # llama.cpp sums in another order for a batch of positions than for one: a few thousandths of a nat
+    np.testing.assert_allclose(backend.sequence_logprobs(prefix, replies), token_by_token, atol=1e-2)
+    # a prefix already in the cache gives what a fresh one gives
+    np.testing.assert_allclose(backend.sequence_logprobs(prefix, replies[::-1])[::-1], token_by_token, atol=1e-2)
+
+
 def _agreement(hf_judge, llama_backend, prompt, responses, category=None):
     template = hf_judge.template_for(category or "chat")
     tokens = [hf_judge.render(template, prompt, r)[0] for r in responses]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ipo_tui.backends.weights import ModelRef
+from ipo_tui.errors import IpoError
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class Backend(ABC):
         """For each suffix, the full-vocabulary log-softmax of the next token after prefix+suffix,
         taken at `ids`: an array of shape (len(suffixes), len(ids))."""
 
+    def sequence_logprobs(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
+        """For each suffix, the log-probability of all its tokens after prefix (the sum over its
+        tokens of log p(token | prefix and the suffix before it)): shape (len(suffixes),)."""
+        raise IpoError(f"the {self.capabilities.backend} backend cannot read the probability of a given reply's "
+                       "tokens (reply PMI); use the hf or llamacpp backend")
+
     @abstractmethod
     def generate(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
         """`sampling.n` completions of the assistant's turn."""
@@ -82,6 +89,14 @@ class Backend(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def next_token_logprobs(logits: np.ndarray, targets: list[int]) -> np.ndarray:
+    """log-softmax of each row of `logits` (positions x vocabulary) taken at that row's target token."""
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return logits[np.arange(len(targets)), targets] - log_z
 
 
 def split_common_prefix(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:

@@ -101,12 +101,27 @@ class HFBackend(Backend):
         rows = []
         with torch.inference_mode():
             for pack in _packs(suffixes, PACK_TOKENS):
-                logits = self._packed_last_logits(prefix, pack)
+                logits = self._packed_logits(prefix, pack)
                 rows.append(torch.log_softmax(logits.float(), dim=-1)[:, index].cpu().numpy())
         return np.concatenate(rows)
 
-    def _packed_last_logits(self, prefix: list[int], suffixes: list[list[int]]):
-        """Next-token logits after prefix + each suffix, from one forward pass (see the module doc)."""
+    def sequence_logprobs(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
+        """The packed pass of `last_logprobs` with logits at every position; the prefix's last token
+        goes with each suffix so that its logits predict the suffix's first token. Fewer tokens a
+        pack, as each keeps a vocabulary's worth of logits per token."""
+        torch = self._torch
+        head, fed = prefix[:-1], [[prefix[-1], *s[:-1]] for s in suffixes]
+        out = []
+        with torch.inference_mode():
+            for pack, targets in zip(_packs(fed, PACK_TOKENS // 8), _packs(suffixes, PACK_TOKENS // 8)):
+                logits = torch.log_softmax(self._packed_logits(head, pack, every=True).float(), dim=-1)
+                picked = logits[torch.arange(logits.shape[0]), torch.tensor([t for s in targets for t in s])]
+                out += [float(part.sum()) for part in picked.split([len(s) for s in targets])]
+        return np.array(out)
+
+    def _packed_logits(self, prefix: list[int], suffixes: list[list[int]], every: bool = False):
+        """Next-token logits after prefix + each suffix (with `every`, after each of its tokens, in
+        order), from one forward pass (see the module doc)."""
         torch = self._torch
         cache, cached = self._take_cache(prefix)
         rest = prefix[cached:]
@@ -115,18 +130,18 @@ class HFBackend(Backend):
         allowed = torch.zeros((width, cached + width), dtype=torch.bool)
         allowed[:, :cached] = True
         allowed[:r, cached:cached + r] = torch.ones(r, r, dtype=torch.bool).tril()
-        positions, last, at = list(range(cached, p)), [], r
+        positions, kept, at = list(range(cached, p)), [], r
         for suffix in suffixes:
             n = len(suffix)
             allowed[at:at + n, cached:cached + r] = True
             allowed[at:at + n, cached + at:cached + at + n] = torch.ones(n, n, dtype=torch.bool).tril()
             positions += range(p, p + n)
+            kept += range(at, at + n) if every else [at + n - 1]
             at += n
-            last.append(at - 1)
         result = self.model(
             input_ids=torch.tensor([ids], device=self.device), attention_mask=allowed[None, None].to(self.device),
             position_ids=torch.tensor([positions], device=self.device), cache=cache, use_cache=True,
-            logits_to_keep=torch.tensor(last, device=self.device),
+            logits_to_keep=torch.tensor(kept, device=self.device),
         )
         config = self.model.config  # a sliding window's cache cannot be cropped back (Qwen2 names one it does not use)
         if not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)):

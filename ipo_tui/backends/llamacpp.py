@@ -28,7 +28,7 @@ import numpy as np
 
 from ipo_tui import config
 from ipo_tui.backends import llama_runtime
-from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length
+from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, next_token_logprobs
 from ipo_tui.backends.gguf_text import GGUFText
 from ipo_tui.backends.weights import (
     ModelRef,
@@ -99,9 +99,7 @@ class LlamaCppBackend(Backend):
 
     def last_logprobs(self, prefix: list[int], suffixes: list[list[int]], ids: list[int]) -> np.ndarray:
         llm = self.llm
-        too_long = max(len(prefix) + len(s) for s in suffixes)
-        if too_long > self.capabilities.context_length:
-            raise IpoError(f"{too_long} tokens do not fit the context of {self.capabilities.context_length}; raise --ctx")
+        self._check_fits(prefix, suffixes)
         self._keep_cached(prefix)
         vocab = llm.n_vocab()
         out = np.empty((len(suffixes), len(ids)), dtype=np.float32)
@@ -113,6 +111,35 @@ class LlamaCppBackend(Backend):
             log_z = top + np.log(np.exp(logits - top).sum())
             out[row] = logits[ids] - log_z
         return out
+
+    def sequence_logprobs(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
+        """Each suffix is evaluated after the cached prefix with logits at every position (a batch
+        that asks for them, not a `logits_all` context), the prefix's last token evaluated again
+        with it so that its logits predict the suffix's first token."""
+        llm = self.llm
+        self._check_fits(prefix, suffixes)
+        head = prefix[:-1]
+        self._keep_cached(head)
+        vocab = llm.n_vocab()
+        out = np.zeros(len(suffixes))
+        for row, suffix in enumerate(suffixes):
+            fed = [prefix[-1], *suffix[:-1]]  # the logits after fed[i] predict suffix[i]
+            llm.n_tokens = len(head)
+            llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+            for at in range(0, len(fed), llm.n_batch):
+                chunk = fed[at:at + llm.n_batch]
+                llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=True)
+                llm._ctx.decode(llm._batch)
+                llm.input_ids[llm.n_tokens:llm.n_tokens + len(chunk)] = chunk
+                llm.n_tokens += len(chunk)
+                logits = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits(llm.ctx), shape=(len(chunk), vocab))
+                out[row] += next_token_logprobs(logits, suffix[at:at + len(chunk)]).sum()
+        return out
+
+    def _check_fits(self, prefix: list[int], suffixes: list[list[int]]) -> None:
+        too_long = max(len(prefix) + len(s) for s in suffixes)
+        if too_long > self.capabilities.context_length:
+            raise IpoError(f"{too_long} tokens do not fit the context of {self.capabilities.context_length}; raise --ctx")
 
     def _keep_cached(self, prefix: list[int]) -> None:
         """Evaluate only the part of `prefix` that the KV cache does not already hold."""

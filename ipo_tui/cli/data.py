@@ -79,6 +79,7 @@ def prompts_search(
     holdout: int = typer.Option(0, "--holdout", help="Leave out the N-pair sample `ipo eval --limit N` takes, so that eval measures on pairs the search never saw."),
     n_folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
     pairwise: bool = typer.Option(True, "--pairwise/--no-pairwise", help="Also measure pairwise mode (two passes per pair)."),
+    reply_pmi: bool = typer.Option(True, "--reply-pmi/--no-reply-pmi", help="Also measure each reply's PMI with its instruction (two passes per reply)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Keep the chosen setting per category for this model in the config."),
     as_json: bool = typer.Option(False, "--json", help="Also print the results as one JSON line."),
     backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
@@ -88,8 +89,8 @@ def prompts_search(
 ) -> None:
     """Choose each category's judge setting on labelled pairs, cross-validated; keep it for this model.
 
-    The candidates: templates, ensembles, the PMI baseline, length control and weights fitted to
-    the pairs, each reported against the plain recipe."""
+    The candidates: templates, ensembles, the PMI baseline, length control, the reply's PMI with its
+    instruction and weights fitted to the pairs, each reported against the plain recipe."""
     import json
 
     import numpy as np
@@ -131,7 +132,8 @@ def prompts_search(
         templates = custom.get(category) or [judge.named(n) for n in POOL.get(category, (category,))]
         bar, progress = progress_bar(f"measuring {category} ({len(templates)} templates)")
         with bar:
-            features = search.extract(judge, rows, templates, folder, pairwise_judge, progress)
+            features = search.extract(judge, rows, templates, folder, pairwise_judge,
+                                      reply_pmi and not judge.backend.scores_by_text, progress)
         chosen[category] = search.choose(features, np.arange(features.n))
         found = search.techniques(features, chosen[category], n_folds)
         report[category] = [{"technique": t.name, "accuracy": t.right / t.n, "interval95": wilson(t.right, t.n),

@@ -1,16 +1,17 @@
 """Choosing a judge setting per category on labelled pairs, with k-fold cross-validation.
 
 Every setting is a function of a few numbers per pair (`Features`: each candidate template's raw
-margin for both replies, the same under a content-free instruction, the replies' lengths, and the
-pairwise verdicts), so the model runs once per pair and template; those numbers are cached on
-disk per model and template (and for the pairwise prompt), so a search resumes where it stopped and
-a template added to the candidates measures only itself.
+margin for both replies, the same under a content-free instruction, the replies' lengths, the
+pairwise verdicts, and each reply's PMI with its instruction), so the model runs once per pair and
+template; those numbers are cached on disk per model and template (and for the pairwise prompt and
+the reply PMI), so a search resumes where it stopped and a template added to the candidates
+measures only itself.
 
 Besides the hand-written settings (subsets of the templates, a PMI weight, length control), the
-search fits a weight per template (and per content-free margin) by logistic regression on the pairs:
-a stacked ensemble that learns which templates the model answers well and which it answers the wrong
-way round. Whether the fit or a hand-written setting is used is decided by cross-validation inside
-the pairs it is given.
+search fits a weight per template (and per content-free margin, or on the reply PMI) by logistic
+regression on the pairs: a stacked ensemble that learns which templates the model answers well and
+which it answers the wrong way round. Whether the fit or a hand-written setting is used is decided
+by cross-validation inside the pairs it is given.
 
 The figure a search reports for its choice is cross-validated: for each fold, the setting is
 chosen on the other folds and scored on this one, so no pair is scored by a setting it chose.
@@ -31,7 +32,7 @@ import numpy as np
 from ipo_tui.errors import IpoError
 from ipo_tui.judge import pairwise
 from ipo_tui.judge.routing import category_for
-from ipo_tui.judge.scoring import combine, log_length
+from ipo_tui.judge.scoring import CONTENT_FREE, combine, log_length
 from ipo_tui.judge.settings import CategorySetting
 
 PMI_WEIGHTS = (0.0, 0.5, 1.0)
@@ -53,6 +54,18 @@ class Features:
     len_chosen: np.ndarray
     len_rejected: np.ndarray
     pairwise: np.ndarray  # (pairs, 2): d1, d2 with the chosen reply shown first; NaN when not measured
+    reply: np.ndarray | None = None  # (pairs, 4): each reply's PMI with the instruction and tokens, chosen's first
+
+    @property
+    def has_reply_pmi(self) -> bool:
+        return self.reply is not None
+
+    def reply_pmi(self, side: str, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(PMI, tokens) of the chosen or the rejected reply of the pairs in `idx`, if measured."""
+        if self.reply is None:
+            return None
+        at = 0 if side == "chosen" else 2
+        return self.reply[idx, at], self.reply[idx, at + 1]
 
     @property
     def n(self) -> int:
@@ -96,19 +109,27 @@ def pairwise_cache(folder: Path, model_id: str) -> FeatureCache:
     return FeatureCache(folder, model_id, "pairwise", pairwise.SYSTEM, pairwise.USER)
 
 
-def extract(judge, rows: list[dict], templates: list, folder: Path, pairwise_judge=None,
+def reply_cache(folder: Path, model_id: str) -> FeatureCache:
+    return FeatureCache(folder, model_id, "reply-pmi", CONTENT_FREE)
+
+
+def extract(judge, rows: list[dict], templates: list, folder: Path, pairwise_judge=None, reply_pmi: bool = False,
             progress: Callable[[int, int], None] = lambda done, total: None) -> Features:
-    """The features of `rows` (pairs of one category) under `templates`, read from the caches in
-    `folder` where present and added to them as they are measured."""
+    """The features of `rows` (pairs of one category) under `templates` (with the pairwise verdicts
+    and the replies' PMI when asked), read from the caches in `folder` where present and added to
+    them as they are measured."""
     caches = [template_cache(folder, judge.policy, t) for t in templates]
     verdict_cache = pairwise_cache(folder, judge.policy) if pairwise_judge is not None else None
-    records, verdicts = [], []
+    pmi_cache = reply_cache(folder, judge.policy) if reply_pmi else None
+    records, verdicts, replies = [], [], []
     for done, row in enumerate(rows, 1):
         key = pair_key(row)
         records.append([c.get(key, lambda t=t: _measure(judge, row, t)) for c, t in zip(caches, templates)])
         if verdict_cache is not None:
             verdicts.append(verdict_cache.get(key, lambda: {"pairwise": list(
                 pairwise_judge.raw(row["prompt"], row["chosen"], row["rejected"]))})["pairwise"])
+        if pmi_cache is not None:
+            replies.append(pmi_cache.get(key, lambda row=row: _measure_reply(judge, row))["reply"])
         progress(done, len(rows))
     nan = [float("nan")] * 2
     return Features(
@@ -117,6 +138,7 @@ def extract(judge, rows: list[dict], templates: list, folder: Path, pairwise_jud
           for field in ("chosen", "rejected", "base_chosen", "base_rejected")),
         log_length([row["chosen"] for row in rows]), log_length([row["rejected"] for row in rows]),
         np.array(verdicts or [nan] * len(rows), dtype=np.float64).reshape(len(rows), 2),
+        np.array(replies, dtype=np.float64).reshape(len(rows), 4) if reply_pmi else None,
     )
 
 
@@ -126,6 +148,12 @@ def _measure(judge, row: dict, template) -> dict:
     base = judge.baselines(template, [row["chosen"], row["rejected"]])
     return {"chosen": float(margin[0]), "rejected": float(margin[1]),
             "base_chosen": float(base[0]), "base_rejected": float(base[1])}
+
+
+def _measure_reply(judge, row: dict) -> dict:
+    """Both replies' (PMI with the instruction, tokens), chosen's first."""
+    pmi, tokens = judge.reply_pmi(row["prompt"], [row["chosen"], row["rejected"]])
+    return {"reply": [float(pmi[0]), float(tokens[0]), float(pmi[1]), float(tokens[1])]}
 
 
 # --- settings as functions of the features --------------------------------------------------------
@@ -138,8 +166,10 @@ def margins(f: Features, setting: CategorySetting, idx: np.ndarray | None = None
     picked = [index[name] for name in setting.templates]  # in the setting's order: fitted weights follow it
     signs = [f.templates[i].sign for i in picked]
     out = []
-    for m, b, length in ((f.chosen, f.base_chosen, f.len_chosen), (f.rejected, f.base_rejected, f.len_rejected)):
-        out.append(combine([m[i, idx] for i in picked], [b[i, idx] for i in picked], signs, length[idx], setting))
+    for side, m, b, length in (("chosen", f.chosen, f.base_chosen, f.len_chosen),
+                               ("rejected", f.rejected, f.base_rejected, f.len_rejected)):
+        out.append(combine([m[i, idx] for i in picked], [b[i, idx] for i in picked], signs, length[idx], setting,
+                           f.reply_pmi(side, idx)))
     return out[0], out[1]
 
 
@@ -161,16 +191,20 @@ def fit_length(f: Features, setting: CategorySetting, idx: np.ndarray) -> Catego
     return CategorySetting(setting.templates, setting.pmi, round(slope, 4), round(centre, 4))
 
 
-def fit_weights(f: Features, idx: np.ndarray, baselines: bool) -> CategorySetting:
-    """Every template's weight (and, with `baselines`, its content-free margin's weight) and a length
-    slope, fitted to the labelled pairs in `idx` by logistic regression on the within-pair
-    differences (Bradley-Terry without an intercept: a pair's two replies may come in either order),
-    with a Gaussian prior of scale 1 on each weight (an L2 penalty of WEIGHT_PRIOR) so that a few
-    dozen pairs cannot push a weight far. The signs are free: the fit finds a template's polarity."""
+def fit_weights(f: Features, idx: np.ndarray, baselines: bool, reply: bool = False) -> CategorySetting:
+    """Every template's weight (and, with `baselines`, its content-free margin's weight; with
+    `reply`, the weights of the replies' PMI and PMI per token) and a length slope, fitted to the
+    labelled pairs in `idx` by logistic regression on the within-pair differences (Bradley-Terry
+    without an intercept: a pair's two replies may come in either order), with a Gaussian prior of
+    scale 1 on each weight (an L2 penalty of WEIGHT_PRIOR) so that a few dozen pairs cannot push a
+    weight far. The signs are free: the fit finds a template's polarity."""
     columns = [f.chosen[:, idx] - f.rejected[:, idx]]
     if baselines:
         columns.append(f.base_rejected[:, idx] - f.base_chosen[:, idx])  # subtracted in the margin
-    columns.append((f.len_rejected[idx] - f.len_chosen[idx])[None, :])  # likewise
+    if reply:
+        (pmi_c, tokens_c), (pmi_r, tokens_r) = f.reply_pmi("chosen", idx), f.reply_pmi("rejected", idx)
+        columns.append(np.stack([pmi_c - pmi_r, pmi_c / tokens_c - pmi_r / tokens_r]))
+    columns.append((f.len_rejected[idx] - f.len_chosen[idx])[None, :])  # subtracted in the margin
     x = np.concatenate(columns).T
     x = x[np.isfinite(x).all(axis=1)]
     w = np.zeros(x.shape[1])
@@ -184,9 +218,11 @@ def fit_weights(f: Features, idx: np.ndarray, baselines: bool) -> CategorySettin
             break
     k = len(f.templates)
     centre = float(np.concatenate([f.len_chosen[idx], f.len_rejected[idx]]).mean())
+    reply_weights = [round(float(v), 4) for v in w[-3:-1]] if reply else [0.0, 0.0]
     return CategorySetting(tuple(t.name for t in f.templates), length_slope=round(float(w[-1]), 4),
                            length_centre=round(centre, 4), weights=tuple(round(float(v), 4) for v in w[:k]),
-                           pmi_weights=tuple(round(float(v), 4) for v in w[k:2 * k]) if baselines else ())
+                           pmi_weights=tuple(round(float(v), 4) for v in w[k:2 * k]) if baselines else (),
+                           reply_pmi=reply_weights[0], reply_pmi_per_token=reply_weights[1])
 
 
 def candidates(f: Features) -> list[tuple[CategorySetting, bool]]:
@@ -200,11 +236,15 @@ def candidates(f: Features) -> list[tuple[CategorySetting, bool]]:
 
 def choose(f: Features, idx: np.ndarray) -> CategorySetting:
     """The setting for the pairs in `idx`: the one-standard-error rule among the hand-written
-    settings (`choose_setting`), or weights fitted to the pairs (`fit_weights`, without and with the
-    content-free margins), whichever does best on `idx` by an inner FOLDS-fold cross-validation, again
-    the simplest within one standard error of the best. A fitted model's accuracy on the pairs it was
-    fitted on would flatter it, so the three are compared only on pairs each was not chosen on."""
-    choosers = [choose_setting, lambda f_, i: fit_weights(f_, i, False), lambda f_, i: fit_weights(f_, i, True)]
+    settings (`choose_setting`), or weights fitted to the pairs (`fit_weights`: the templates alone,
+    with the replies' PMI where it was measured, with the content-free margins), whichever does best
+    on `idx` by an inner FOLDS-fold cross-validation, again the simplest within one standard error of
+    the best. A fitted model's accuracy on the pairs it was fitted on would flatter it, so they are
+    compared only on pairs each was not chosen on."""
+    choosers = [choose_setting, lambda f_, i: fit_weights(f_, i, False)]
+    if f.has_reply_pmi:
+        choosers.append(lambda f_, i: fit_weights(f_, i, False, reply=True))
+    choosers.append(lambda f_, i: fit_weights(f_, i, True))
     if len(idx) < 2 * FOLDS:  # too few pairs to cross-validate inside: the hand-written settings alone
         return choose_setting(f, idx)
     accuracy = [cross_validate(f, FOLDS, chooser, idx) / len(idx) for chooser in choosers]
@@ -271,8 +311,14 @@ def techniques(f: Features, chosen: CategorySetting, k: int = FOLDS) -> list[Tec
             rows.append(Technique(f"negative: {t.name}", int(correct(f, CategorySetting((t.name,))).sum()), f.n))
     lc = cross_validate(f, k, lambda f_, idx: fit_length(f_, plain, idx))
     rows.append(Technique("length control", lc, f.n, "slope fit on the other folds"))
-    for baselines, name in ((False, FITTED), (True, FITTED + " + content-free")):
-        right = cross_validate(f, k, lambda f_, idx, b=baselines: fit_weights(f_, idx, b))
+    fits = [(False, False, FITTED), (True, False, FITTED + " + content-free")]
+    if f.has_reply_pmi:
+        (pmi_c, tokens_c), (pmi_r, tokens_r) = f.reply_pmi("chosen", np.arange(f.n)), f.reply_pmi("rejected", np.arange(f.n))
+        rows.append(Technique("reply PMI", int((pmi_c > pmi_r).sum()), f.n, "log p(reply | instruction) - log p(reply | N/A)"))
+        rows.append(Technique("reply PMI per token", int((pmi_c / tokens_c > pmi_r / tokens_r).sum()), f.n))
+        fits.insert(1, (False, True, FITTED + " + reply PMI"))
+    for baselines, reply, name in fits:
+        right = cross_validate(f, k, lambda f_, idx, b=baselines, r=reply: fit_weights(f_, idx, b, r))
         rows.append(Technique(name, right, f.n, "weights fit on the other folds"))
     if np.isfinite(f.pairwise).all():
         d1, d2 = f.pairwise[:, 0], f.pairwise[:, 1]

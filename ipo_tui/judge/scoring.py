@@ -11,8 +11,8 @@ sends messages, not token ids, and matches the spellings by text (`from_top_logp
 
 The judge's settings (judge/settings.py) choose, per category, the templates whose log-odds are
 averaged (or weighted, as the search fitted them), a per-response baseline (the response under a
-content-free instruction), a length correction and a calibration offset; `combine` is the one
-place those are applied.
+content-free instruction), a length correction, the reply's own PMI with the instruction and a
+calibration offset; `combine` is the one place those are applied.
 """
 
 from __future__ import annotations
@@ -76,10 +76,12 @@ def log_length(texts: list[str]) -> np.ndarray:
 
 
 def combine(margins: list[np.ndarray], baselines: list[np.ndarray] | None, signs: list[int],
-            lengths: np.ndarray, setting: CategorySetting) -> np.ndarray:
+            lengths: np.ndarray, setting: CategorySetting,
+            reply: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """A category's margin from each template's raw z_yes - z_no (and, when the setting uses them,
-    each template's margin for the same responses under a content-free instruction):
-    sum_t a_t * m_t - sum_t b_t * m0_t - length_slope * (log length - centre), with (a, b) the
+    each template's margin for the same responses under a content-free instruction, and each
+    reply's (PMI with the instruction, tokens)): sum_t a_t * m_t - sum_t b_t * m0_t - length_slope *
+    (log length - centre) + reply_pmi * R + reply_pmi_per_token * R / tokens, with (a, b) the
     setting's coefficients (for a hand-written setting, the mean over templates of sign * (m - pmi * m0))."""
     a, b = setting.coefficients(signs)
     out = sum(w * m for w, m in zip(a, margins))
@@ -87,6 +89,9 @@ def combine(margins: list[np.ndarray], baselines: list[np.ndarray] | None, signs
         out = out - sum(w * m0 for w, m0 in zip(b, baselines))
     if setting.length_slope:
         out = out - setting.length_slope * (lengths - setting.length_centre)
+    if setting.uses_reply_pmi:
+        pmi, tokens = reply
+        out = out + setting.reply_pmi * pmi + setting.reply_pmi_per_token * pmi / tokens
     return out
 
 
@@ -97,6 +102,7 @@ class Judge:
         self.settings = settings or load_settings(config, backend.ref.name)
         self.min_mass = self.settings.min_mass
         self._baselines: dict[tuple, float] = {}  # (template texts, response) -> margin under CONTENT_FREE
+        self._free_logprobs: dict[tuple, float] = {}  # (response, tokens kept) -> log p(reply | CONTENT_FREE)
         self._offsets: dict[tuple, float] = {}  # (category, instruction) -> calibration offset
         self._router = None  # the model router, made on first use
         # a server returns token texts, not ids: its spellings are matched by text (from_top_logprobs)
@@ -216,7 +222,9 @@ class Judge:
         templates = [self.named(name) for name in setting.templates]
         raw = [self.margins(t, instruction, responses) for t in templates]
         baselines = [self.baselines(t, responses) for t in templates] if setting.uses_baselines else None
-        margin = combine([m for m, _, _ in raw], baselines, [t.sign for t in templates], log_length(responses), setting)
+        reply = self.reply_pmi(instruction, responses) if setting.uses_reply_pmi else None
+        margin = combine([m for m, _, _ in raw], baselines, [t.sign for t in templates], log_length(responses),
+                         setting, reply)
         mass = np.mean([ms for _, ms, _ in raw], axis=0)
         notes = [next((n[i] for _, _, n in raw if n[i]), None) for i in range(len(responses))]
         return margin, mass, notes
@@ -241,6 +249,25 @@ class Judge:
             margin, _, _ = self.margins(template, CONTENT_FREE, todo)
             self._baselines.update({(key, r): float(m) for r, m in zip(todo, margin)})
         return np.array([self._baselines[(key, r)] for r in responses])
+
+    def reply_pmi(self, instruction: str, responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(PMI, tokens) of each response as the model's own answer: log p(reply | instruction) -
+        log p(reply | CONTENT_FREE), summed over the reply's tokens. A reply longer than the context
+        leaves is measured on its first tokens (the same ones under both instructions). The
+        content-free side is cached per reply, and computed together, with its prefix evaluated once."""
+        prefix = self.backend.tokenize(self.backend.render_chat([{"role": "user", "content": instruction}]))
+        free = self.backend.tokenize(self.backend.render_chat([{"role": "user", "content": CONTENT_FREE}]))
+        room = self.backend.capabilities.context_length - max(len(prefix), len(free))
+        if room < _TAIL_MIN:
+            raise IpoError(f"the instruction leaves {max(room, 0)} tokens of the context for the reply; raise --ctx "
+                           "or judge without reply PMI")
+        replies = [self.backend.tokenize(r)[:room] for r in responses]
+        keys = [(r, room) for r in responses]
+        todo = {k: ids for k, ids in zip(keys, replies) if k not in self._free_logprobs}
+        if todo:
+            self._free_logprobs.update(zip(todo, self.backend.sequence_logprobs(free, list(todo.values()))))
+        given = self.backend.sequence_logprobs(prefix, replies)
+        return given - np.array([self._free_logprobs[k] for k in keys]), np.array([len(r) for r in replies], dtype=float)
 
     def offset(self, instruction: str, category: str) -> float:
         """The calibration offset of (category setting, instruction): the score of a content-free

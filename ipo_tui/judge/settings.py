@@ -9,15 +9,19 @@ model and overrides the rest for it):
       calibrate: false         # subtract a content-free reply's score: only thresholds change
       min_mass: 0.01
       categories:
-        chat: {templates: [chat, chat-flaw], pmi: 1.0, length_slope: 0.4, length_centre: 6.2}
+        chat: {templates: [chat, chat-flaw], pmi: 1.0, length_slope: 0.4, length_centre: 6.2, reply_pmi: 0.05}
         safety: {templates: [safety, safety-harm], weights: [-0.7, -2.3], pmi_weights: [0.2, -0.3]}
 
 A category's margin is sum_t a_t * m_t - sum_t b_t * m0_t - length_slope * (log(1 + characters) -
-length_centre), where m_t is z_yes - z_no for the response under template t and m0_t the same
-response under a content-free instruction (PMI-style). Written by hand, a setting averages: a_t =
-sign_t / k and b_t = pmi * a_t over its k templates. Fitted by `ipo prompts search` (a logistic
-regression on labelled pairs), it gives the coefficients themselves: `weights` (a) and
-`pmi_weights` (b), one per template.
+length_centre) + reply_pmi * R + reply_pmi_per_token * R / tokens, where m_t is z_yes - z_no for the
+response under template t and m0_t the same response under a content-free instruction (PMI-style).
+R is the reply's own PMI with the instruction: log p(reply | instruction) - log p(reply | a
+content-free one), over its tokens, as the model would write it (Holtzman et al. 2021's
+domain-conditional PMI): how much the instruction makes this reply likelier, which a polished
+reply to another question lacks. Written by hand, a setting averages: a_t = sign_t / k and
+b_t = pmi * a_t over its k templates. Fitted by `ipo prompts search` (a logistic regression on
+labelled pairs), it gives the coefficients themselves: `weights` (a) and `pmi_weights` (b), one per
+template, and the reply PMI's two weights.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class CategorySetting:
     length_centre: float = 0.0
     weights: tuple[float, ...] = ()  # fitted: one per template, on its margin (instead of the mean)
     pmi_weights: tuple[float, ...] = ()  # fitted: one per template, on its content-free margin
+    reply_pmi: float = 0.0  # on the reply's PMI with the instruction, in nats
+    reply_pmi_per_token: float = 0.0  # on the same per reply token
 
     @property
     def fitted(self) -> bool:
@@ -51,6 +57,11 @@ class CategorySetting:
     def uses_baselines(self) -> bool:
         """Whether a score needs each response's margin under the content-free instruction."""
         return bool(self.pmi or any(self.pmi_weights))
+
+    @property
+    def uses_reply_pmi(self) -> bool:
+        """Whether a score needs each reply's PMI with the instruction (two passes over the reply)."""
+        return bool(self.reply_pmi or self.reply_pmi_per_token)
 
     def coefficients(self, signs: list[int]) -> tuple[list[float], list[float]]:
         """(a, b): the weight of each template's margin and of its content-free margin."""
@@ -67,6 +78,9 @@ class CategorySetting:
         for key in ("weights", "pmi_weights"):
             if getattr(self, key):
                 out[key] = list(getattr(self, key))
+        for key in ("reply_pmi", "reply_pmi_per_token"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
         return out
 
     def describe(self) -> str:
@@ -77,6 +91,8 @@ class CategorySetting:
             parts.append(f"pmi {self.pmi:g}")
         if self.length_slope:
             parts.append(f"length {self.length_slope:+.2f}")
+        if self.uses_reply_pmi:
+            parts.append(f"reply PMI {self.reply_pmi:+.3g}, per token {self.reply_pmi_per_token:+.3g}")
         return ", ".join(parts)
 
 
@@ -118,10 +134,11 @@ def category_setting(name: str, spec) -> CategorySetting:
         setting = CategorySetting(names, float(spec.get("pmi", 0.0)), float(spec.get("length_slope", 0.0)),
                                   float(spec.get("length_centre", 0.0)),
                                   tuple(float(w) for w in spec.get("weights") or ()),
-                                  tuple(float(w) for w in spec.get("pmi_weights") or ()))
+                                  tuple(float(w) for w in spec.get("pmi_weights") or ()),
+                                  float(spec.get("reply_pmi", 0.0)), float(spec.get("reply_pmi_per_token", 0.0)))
     except (TypeError, ValueError):
-        raise IpoError(f"config judge.categories.{name}: pmi, length_slope, length_centre, weights and "
-                       "pmi_weights must be numbers (the weights a list of them)") from None
+        raise IpoError(f"config judge.categories.{name}: pmi, length_slope, length_centre, weights, pmi_weights, "
+                       "reply_pmi and reply_pmi_per_token must be numbers (the weights a list of them)") from None
     for key in ("weights", "pmi_weights"):
         given = getattr(setting, key)
         if given and len(given) != len(names):
