@@ -226,6 +226,25 @@ def test_loop_with_random_pairs_and_a_benchmark(store, tmp_path, tiny_model):
         iterations.start(store, "tiny", 1, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), pairs_by="best")
 
 
+def test_an_external_judges_pairs_of_each_policy_are_kept_apart(store, tmp_path, tiny_model):
+    """judge:MODEL judges every iteration with the same model: iteration 2's pairs (of policy 1's
+    candidates) join iteration 1's in the workspace instead of replacing them."""
+    from ipo_tui.loop import iterations
+    from ipo_tui.workspace.records import load_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in PAIRS))
+    store.add_prompt_set("tiny", str(prompts), load_prompts(str(prompts)))
+    loop_id = iterations.start(store, "tiny", 2, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), holdout=0.0,
+                               overrides=dict(FAST, epochs=1), pairs_by=f"judge:{tiny_model}")
+    record = iterations.run(store, loop_id, on_event=lambda message: None)
+    kept = store.pairs()
+    judges = sorted({p["judge"] for p in kept}, key=len)  # policy 0's (the base) first, then policy 1's
+    assert [j.split("@", 1)[1] for j in judges] == [it["policy"] for it in record["done"]]
+    assert [sum(p["judge"] == j for p in kept) for j in judges] == [it["pairs"] for it in record["done"]]
+    assert all(p["score_chosen"] >= p["score_rejected"] for p in kept)  # each judge's scores join its pairs
+
+
 def test_a_running_loop_is_seen_running_and_stops_like_ctrl_c(store, tmp_path):
     """A loop process writes its pid: `ipo runs` and the app see it running (not interrupted), and
     stopping it sends what Ctrl-C sends."""

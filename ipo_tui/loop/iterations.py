@@ -189,8 +189,10 @@ def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, 
         external = stage("load judge", lambda: _load_judge(spec, pairs_by.removeprefix("judge:")))
         try:
             judge = configured_judge(external, spec.get("judge_flags"))
-            pairer = judge.id
-            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress))
+            # the same judge every iteration: recorded per policy it judged, so that one iteration's
+            # pairs never replace another's (a pair is kept per prompt and judge)
+            pairer = f"{judge.id}@{policy.judge_id}"
+            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress, as_judge=pairer))
         finally:
             external.close()
     if pairs_by in controls.RULES:

@@ -96,11 +96,11 @@ def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sa
 
 
 def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
-          progress: Progress = lambda done, total: None) -> int:
-    """Score every candidate of `policy` that this judge (its policy and settings: `judge.id`) has
-    not scored yet; returns how many were stored. A judgement with no Yes/No among a server's top
-    logprobs is not stored (it has no score): `judge.missing` counts those."""
-    judge_id, settings = judge.id, judge.describe()
+          progress: Progress = lambda done, total: None, as_judge: str | None = None) -> int:
+    """Score every candidate of `policy` that this judge (its policy and settings: `judge.id`, or
+    `as_judge`) has not scored yet; returns how many were stored. A judgement with no Yes/No among
+    a server's top logprobs is not stored (it has no score): `judge.missing` counts those."""
+    judge_id, settings = as_judge or judge.id, judge.describe()
 
     def one(prompt) -> int:
         rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter)
