@@ -144,8 +144,9 @@ def extract(judge, rows: list[dict], templates: list, folder: Path, pairwise_jud
 
 def _measure(judge, row: dict, template) -> dict:
     """One template's raw margin for both replies of a pair, and the same under a content-free instruction."""
-    margin, _, _ = judge.margins(template, row["prompt"], [row["chosen"], row["rejected"]])
-    base = judge.baselines(template, [row["chosen"], row["rejected"]])
+    replies = [row["chosen"], row["rejected"]]
+    margin, _, _ = judge.margins(template, row["prompt"], replies)
+    base = judge.baselines(template, replies)
     return {"chosen": float(margin[0]), "rejected": float(margin[1]),
             "base_chosen": float(base[0]), "base_rejected": float(base[1])}
 
