@@ -94,3 +94,30 @@ def test_a_signalled_loop_stops_as_ctrl_c_does(user_dirs, tmp_path, signum, to):
     assert "loop-001 stopped; continue with `ipo loop --resume loop-001`" in error
     shown = ipo("runs", env_dirs=user_dirs)
     assert re.search(r"loop-001\s.*stopped", shown.stdout), shown.stdout
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_that_a_finalizer_swallowed_is_raised_at_the_next_step(signum):
+    """The signal lands while a `__del__` runs (as it did in CI, mid-benchmark): Python prints the
+    KeyboardInterrupt and drops it, and the loop's next progress step raises it again."""
+    from ipo_tui.cli.training import StopAsCtrlC
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.01)  # the handler runs here, inside the finalizer
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = StopAsCtrlC()
+        steps = []
+        step = stop.checked(lambda done, total: steps.append(done))
+        step(1, 3)
+        Finalized()  # the interrupt is dropped here
+        with pytest.raises(KeyboardInterrupt):
+            step(2, 3)
+        assert steps == [1]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

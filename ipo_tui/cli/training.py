@@ -249,19 +249,38 @@ def loop(
         bar.update(bar.task_ids[0], completed=state.get("step", 0), total=state.get("max_steps"),
                    description=f"training{stats}")
 
-    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
+    stop = StopAsCtrlC()
     try:
         with bar:
-            record = loops.run(store, resume_id, event, progress, train_progress, **moved)
+            record = loops.run(store, resume_id, stop.checked(event), stop.checked(progress),
+                               stop.checked(train_progress), **moved)
     except KeyboardInterrupt:
         err.print(f"{resume_id} stopped; continue with `ipo loop --resume {resume_id}`", highlight=False)
         raise typer.Exit(130)
     show_loop(store, record)
 
 
-def _stop_as_ctrl_c(signum, frame) -> None:
-    """A kill stops a loop as Ctrl-C does: recorded `stopped`, its trainer checkpointed, resumable."""
-    raise KeyboardInterrupt
+class StopAsCtrlC:
+    """SIGINT and SIGTERM stop a loop as Ctrl-C does: recorded `stopped`, its trainer checkpointed,
+    resumable. Python raises the KeyboardInterrupt wherever the main thread is, and one raised in a
+    finalizer (`__del__`) is printed and dropped, so the request is kept and raised again by every
+    `checked` callback (each progress step and event) until the loop stops."""
+
+    def __init__(self):
+        self.requested = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def checked(self, callback):
+        def call(*args):
+            if self.requested:
+                raise KeyboardInterrupt
+            return callback(*args)
+        return call
 
 
 def show_loop(store, record: dict) -> None:
