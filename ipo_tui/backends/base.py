@@ -91,12 +91,16 @@ class Backend(ABC):
         self.close()
 
 
+def log_normalizer(logits: np.ndarray) -> np.ndarray:
+    """log of the softmax's denominator over the last axis (the vocabulary), without overflow."""
+    top = logits.max(axis=-1, keepdims=True)
+    return top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1))
+
+
 def next_token_logprobs(logits: np.ndarray, targets: list[int]) -> np.ndarray:
     """log-softmax of each row of `logits` (positions x vocabulary) taken at that row's target token."""
     logits = logits.astype(np.float64)
-    top = logits.max(axis=1, keepdims=True)
-    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return logits[np.arange(len(targets)), targets] - log_z
+    return logits[np.arange(len(targets)), targets] - log_normalizer(logits)
 
 
 def split_common_prefix(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ipo_tui import config
 from ipo_tui.backends import llama_runtime
-from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, next_token_logprobs
+from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, log_normalizer, next_token_logprobs
 from ipo_tui.backends.gguf_text import GGUFText
 from ipo_tui.backends.weights import (
     ModelRef,
@@ -107,9 +107,7 @@ class LlamaCppBackend(Backend):
             llm.n_tokens = len(prefix)  # eval() drops the KV cache past this point first
             llm.eval(suffix)
             logits = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
-            top = logits.max()
-            log_z = top + np.log(np.exp(logits - top).sum())
-            out[row] = logits[ids] - log_z
+            out[row] = logits[ids] - log_normalizer(logits)
         return out
 
     def sequence_logprobs(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
