@@ -11,8 +11,10 @@ so the arms of a model share policy 0's candidates. What a stage produced is sav
 experiments/results/ipo-vs-controls/STAGE.json, and the workspace itself (candidates, judgements,
 pairs, every benchmark answer) to experiments/results/ipo-vs-controls/workspace.sqlite, so that a
 later session on a fresh machine continues with the same candidates: a stage found there is not
-run again. A loop stopped half-way (a session ends) also keeps its trained adapters there
-(adapters/), which is what its next iteration starts from; `save` writes both without running.
+run again, and `save` writes it without running. Adapters stay out of the repo (tens of MB each):
+a loop resumed on a machine that lacks the adapter it had just trained trains it again on the same
+pairs (`ipo loop --resume` does). So a session that must end stops a loop in a train stage
+(`ipo train stop`), before the new policy generates or is benchmarked.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ WORK = ROOT / "experiments" / "work"
 RESULTS = ROOT / "experiments" / "results" / "ipo-vs-controls"
 WORKSPACE = WORK / "workspace.sqlite"
 SAVED = RESULTS / "workspace.sqlite"
-ADAPTERS = RESULTS / "adapters"  # runs/<train run>/adapter of the loops not finished yet
 PROMPTS, SLICE = "alpaca64", 64  # 64 prompts spread over alpaca-eval's 805, never IFEval's
 JUDGE = "qwen2.5-coder-1.5b-instruct"
 MODELS = {"embedded": None, "qwen05": "qwen2.5-coder-0.5b-instruct"}
@@ -66,8 +67,6 @@ def prepare() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     if not WORKSPACE.exists() and SAVED.exists():
         shutil.copy(SAVED, WORKSPACE)
-        for folder in ADAPTERS.glob("*/adapter"):
-            shutil.copytree(folder, WORK / "runs" / folder.parent.name / "adapter", dirs_exist_ok=True)
     db = sqlite3.connect(WORKSPACE)
     known = db.execute("SELECT name FROM sqlite_master WHERE name = 'prompt_sets'").fetchone() and \
         db.execute("SELECT 1 FROM prompt_sets WHERE name = ?", (PROMPTS,)).fetchone()
@@ -118,22 +117,13 @@ def stage(name: str) -> None:
 
 
 def save() -> None:
-    """A compact copy of the workspace beside the results (WAL folded in, free pages dropped), and
-    the adapters an unfinished loop goes on from."""
+    """A compact copy of the workspace beside the results (WAL folded in, free pages dropped)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(WORKSPACE)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     SAVED.unlink(missing_ok=True)
     db.execute("VACUUM INTO ?", (str(SAVED),))
     db.close()
-    shutil.rmtree(ADAPTERS, ignore_errors=True)
-    for stage_name, loop_id in _loops().items():
-        if (RESULTS / f"{stage_name}.json").exists():
-            continue  # finished: its adapters are not needed to go on
-        for run in sorted((WORK / "runs").glob(f"{loop_id}-iter*")):
-            if (run / "adapter" / "adapter_config.json").is_file():
-                shutil.copytree(run / "adapter", ADAPTERS / run.name / "adapter",  # the weights and their config
-                                ignore=shutil.ignore_patterns("tokenizer*", "*.jinja", "training_args.bin", "README.md"))
 
 
 def _loop_ids() -> list[str]:

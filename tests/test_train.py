@@ -195,6 +195,51 @@ def test_one_loop_iteration(store, tmp_path, tiny_model):
     assert iterations.run(store, loop_id, on_event=lambda m: None)["done"] == record["done"]  # nothing left to do
 
 
+def test_a_loop_resumed_without_its_run_folders(store, tmp_path, tiny_model):
+    """A workspace that moved without runs/: an adapter trained but not yet used is trained again
+    on the same pairs; one that policy k already generated with cannot be, and the resume says so."""
+    import shutil
+
+    from ipo_tui.loop import iterations
+    from ipo_tui.workspace.records import load_prompts
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(where: str, events: list):
+        def on_event(message):
+            events.append(message)
+            if message == where:
+                raise Stop
+
+        return on_event
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in PAIRS))
+    store.add_prompt_set("tiny", str(prompts), load_prompts(str(prompts)))
+    loop_id = iterations.start(store, "tiny", 2, 2, "hf", tiny_model, Sampling(2, 1.0, 1.0, 6, 0), holdout=0.0,
+                               overrides=dict(FAST, epochs=1), pairs_by="random")
+    with pytest.raises(Stop):
+        iterations.run(store, loop_id, on_event=stop_at("iteration 1: load trained", []))
+    trained = runner.info(store, loop_id).config["trained"]
+    shutil.rmtree(runner.info(store, trained["train_run"]).folder)
+
+    events = []
+    with pytest.raises(Stop):
+        iterations.run(store, loop_id, on_event=stop_at("iteration 2: load", events))
+    assert f"iteration 1: adapter {trained['adapter']} is gone; training it again on the same pairs" in events
+    [first] = runner.info(store, loop_id).config["done"]
+    assert first["pairs"] == trained["pairs"] and runner.info(store, first["train_run"]).adapter is not None
+    assert first["seconds"]["generate"] == trained["seconds"]["generate"] and first["seconds"]["train again"] > 0
+    # seeded training on one machine gives the same weights: what makes training again sound
+    assert f"iteration 1: trained again, the same weights (sha256 {trained['adapter_sha256'][:12]}" in " ".join(events)
+
+    shutil.rmtree(runner.info(store, first["train_run"]).folder)
+    with pytest.raises(IpoError, match=r"policy 1's adapter .* is gone") as info:
+        iterations.run(store, loop_id, on_event=lambda m: None)
+    assert "\n" not in str(info.value) and runner.info(store, loop_id).config["done"] == [first]
+
+
 def test_loop_with_random_pairs_and_a_benchmark(store, tmp_path, tiny_model):
     """The control arm trains on random pairs of the same candidates; policy 0 and each new policy
     are benchmarked, the figures stored per iteration and compared with policy 0."""

@@ -96,6 +96,10 @@ def run(store: Store, loop_id: str, on_event: Events = print, on_progress=lambda
     if row["kind"] != "loop":
         raise IpoError(f"{loop_id} is a {row['kind']} run, not a loop")
     spec = runner.info(store, loop_id).config
+    if spec["done"] and not runner.info(store, spec["done"][-1]["train_run"]).adapter:
+        k = len(spec["done"])
+        raise IpoError(f"{loop_id}: policy {k}'s adapter {spec['done'][-1]['adapter']} is gone, and what policy {k} "
+                       "generated and scored came from it; put it back, or start a new loop")
     if (base_url or served_model) and not spec.get("server"):
         raise IpoError(f"--base-url/--served-model: {loop_id} runs on the {spec['backend']} backend, not a server")
     if base_url:
@@ -138,9 +142,20 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
         return result
 
     trained = spec.get("trained")  # set once adapter k+1 is trained: a resume goes on from there
+    lost = trained if trained and not runner.info(store, trained["train_run"]).adapter else None
+    if lost:  # the workspace moved without its run folders; nothing was made with adapter k+1 yet
+        on_event(f"iteration {k + 1}: adapter {lost['adapter']} is gone; training it again on the same pairs")
+        trained = None
     if not trained:
         trained = _sample_pair_train(store, loop_id, spec, k, prompts, train_prompts, sampling, stage, times,
                                      on_event, on_progress, on_train)
+    if lost:  # the stages that found their work stored keep the times they took
+        trained["seconds"] = {**lost["seconds"], "train again": trained["seconds"]["train"]}
+        store.set_run(loop_id, config=spec)
+        if lost.get("adapter_sha256"):
+            same = trained["adapter_sha256"] == lost["adapter_sha256"]
+            on_event(f"iteration {k + 1}: trained again, {'the same weights' if same else 'different weights'} "
+                     f"(sha256 {trained['adapter_sha256'][:12]}, before {lost['adapter_sha256'][:12]})")
     times = trained["seconds"]
     if spec.get("server"):
         stage("hand off", lambda: server_handoff.hand_off(spec["server"], k + 1, runner.info(store, trained["train_run"]),
@@ -209,7 +224,7 @@ def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, 
     on_event(f"iteration {k + 1}: {len(pairs)} pairs by {pairs_by} ({report.too_close} too close)")
     train_run = stage("train", lambda: _train(store, loop_id, spec, k, pairs, adapter, on_train))
     trained = {"policy": [policy.model, policy.adapter], "judge": pairer, "adapter": str(train_run.adapter),
-               "train_run": train_run.id, "pairs": len(pairs), "seconds": times,
+               "adapter_sha256": train_run.adapter_digest(), "train_run": train_run.id, "pairs": len(pairs), "seconds": times,
                "drift": {"sample_tokens": sample_tokens, **training_drift(runner.read_metrics(train_run.folder))}}
     spec["trained"] = trained
     store.set_run(loop_id, config=spec)
@@ -302,9 +317,11 @@ def training_drift(metrics: list[dict]) -> dict:
 
 def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter: str, on_train):
     run_id = f"{loop_id}-iter{k + 1}"
-    try:
-        train_run = runner.info(store, run_id)
-    except IpoError:
+    train_run = next((runner.info(store, r["id"]) for r in store.runs("dpo") if r["id"] == run_id), None)
+    if train_run and train_run.status == "completed" and not train_run.adapter:
+        runner.forget(train_run, store)  # its adapter is gone: trained again
+        train_run = None
+    if train_run is None:
         from ipo_tui.workspace.records import pair_records
 
         rows = [{key: r[key] for key in ("prompt", "chosen", "rejected")}

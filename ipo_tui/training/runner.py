@@ -7,8 +7,10 @@ word (kill -9, power cut) shows as `interrupted` and resumes from its last check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from ipo_tui.backends import weights
 from ipo_tui.backends.base import plain_chat
 from ipo_tui.errors import IpoError
 from ipo_tui.training import settings as train_settings
+from ipo_tui.training.export import ADAPTER_WEIGHTS
 from ipo_tui.training.trainer import latest_checkpoint, precision, read_jsonl
 from ipo_tui.workspace.records import (
     pair_records,
@@ -50,6 +53,10 @@ class RunInfo:
     def adapter(self) -> Path | None:
         path = self.folder / "adapter"
         return path if (path / "adapter_config.json").exists() else None
+
+    def adapter_digest(self) -> str:
+        """sha256 of the adapter's weights: whether an adapter trained again is the same one."""
+        return hashlib.sha256((self.adapter / ADAPTER_WEIGHTS).read_bytes()).hexdigest()
 
 
 def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, overrides: dict | None = None,
@@ -190,6 +197,14 @@ def resume(run_id: str, store: Store) -> RunInfo:
     if run.status in ("running", "completed"):
         raise IpoError(f"run {run_id} is {run.status}; only a stopped, failed or interrupted run resumes")
     return launch(run, store)
+
+
+def forget(run: RunInfo, store: Store) -> None:
+    """Remove a run that is not running: its record and its folder."""
+    if run.status == "running":
+        raise IpoError(f"run {run.id} is running; stop it first")
+    shutil.rmtree(run.folder, ignore_errors=True)
+    store.delete_run(run.id)
 
 
 def info(store: Store, run_id: str) -> RunInfo:

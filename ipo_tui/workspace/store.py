@@ -374,6 +374,10 @@ class Store:
             if config is not None:
                 db.execute("UPDATE runs SET config = ?, updated_at = ? WHERE id = ?", (json.dumps(config), now(), run_id))
 
+    def delete_run(self, run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     def run(self, run_id: str) -> sqlite3.Row:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
