@@ -7,6 +7,7 @@ the trainer is the real one (TRL + PEFT in a child process).
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,8 +113,6 @@ def test_dpo_on_cpu_projects_only_completion_tokens():
 def test_a_model_without_a_chat_template_trains_on_text(store, pair_file, tiny_model, tmp_path):
     # a base model (Gemma 270M base, say) has no chat template: its pairs are trained as the text
     # its generation used (plain_chat), not refused by the tokenizer
-    import shutil
-
     from transformers import AutoTokenizer
 
     base = tmp_path / "tiny-base"
@@ -193,13 +192,13 @@ def test_one_loop_iteration(store, tmp_path, tiny_model):
     assert stages.policy_of(engine).adapter == iteration["adapter"]
     engine.close()
     assert iterations.run(store, loop_id, on_event=lambda m: None)["done"] == record["done"]  # nothing left to do
+    shutil.rmtree(runner.info(store, iteration["train_run"]).folder)  # a finished loop needs no adapter to say so
+    assert iterations.run(store, loop_id, on_event=lambda m: None)["done"] == record["done"]
 
 
 def test_a_loop_resumed_without_its_run_folders(store, tmp_path, tiny_model):
     """A workspace that moved without runs/: an adapter trained but not yet used is trained again
     on the same pairs; one that policy k already generated with cannot be, and the resume says so."""
-    import shutil
-
     from ipo_tui.loop import iterations
     from ipo_tui.workspace.records import load_prompts
 

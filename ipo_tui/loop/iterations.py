@@ -96,7 +96,7 @@ def run(store: Store, loop_id: str, on_event: Events = print, on_progress=lambda
     if row["kind"] != "loop":
         raise IpoError(f"{loop_id} is a {row['kind']} run, not a loop")
     spec = runner.info(store, loop_id).config
-    if spec["done"] and not runner.info(store, spec["done"][-1]["train_run"]).adapter:
+    if 0 < len(spec["done"]) < spec["iterations"] and not runner.info(store, spec["done"][-1]["train_run"]).adapter:
         k = len(spec["done"])
         raise IpoError(f"{loop_id}: policy {k}'s adapter {spec['done'][-1]['adapter']} is gone, and what policy {k} "
                        "generated and scored came from it; put it back, or start a new loop")

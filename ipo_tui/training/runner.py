@@ -200,9 +200,7 @@ def resume(run_id: str, store: Store) -> RunInfo:
 
 
 def forget(run: RunInfo, store: Store) -> None:
-    """Remove a run that is not running: its record and its folder."""
-    if run.status == "running":
-        raise IpoError(f"run {run.id} is running; stop it first")
+    """Remove a finished run: its record and its folder."""
     shutil.rmtree(run.folder, ignore_errors=True)
     store.delete_run(run.id)
 
