@@ -317,7 +317,10 @@ def training_drift(metrics: list[dict]) -> dict:
 
 def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter: str, on_train):
     run_id = f"{loop_id}-iter{k + 1}"
-    train_run = next((runner.info(store, r["id"]) for r in store.runs("dpo") if r["id"] == run_id), None)
+    try:
+        train_run = runner.info(store, run_id)
+    except IpoError:  # not prepared yet
+        train_run = None
     if train_run and train_run.status == "completed" and not train_run.adapter:
         runner.forget(train_run, store)  # its adapter is gone: trained again
         train_run = None
