@@ -192,14 +192,14 @@ def report() -> None:
         for row in record["benchmarks"]:
             f, c = row["figures"], row["change"]
             it = iterations.get(row["policy"], {})
-
-            def delta(name):
-                return f"{c[name]['difference']:+.3f} (p={c[name]['p_value']:.2g})" if name in c else "—"
-
             seconds = " ".join(f"{k} {v:.0f}" for k, v in (it.get("seconds") or {}).items())
             print(f"| {row['policy']} | {it.get('pairs', '—')} | {f['ifeval prompt strict']:.3f} | {f['ifeval prompt loose']:.3f} "
-                  f"| {f['ifeval inst strict']:.3f} | {f['ifeval inst loose']:.3f} | {delta('ifeval prompt strict')} "
-                  f"| {delta('ifeval prompt loose')} | {tokens[row['policy']]:.0f} | {seconds} |")
+                  f"| {f['ifeval inst strict']:.3f} | {f['ifeval inst loose']:.3f} | {_delta(c, 'ifeval prompt strict')} "
+                  f"| {_delta(c, 'ifeval prompt loose')} | {tokens[row['policy']]:.0f} | {seconds} |")
+
+
+def _delta(change: dict, name: str) -> str:
+    return f"{change[name]['difference']:+.3f} (p={change[name]['p_value']:.2g})" if name in change else "—"
 
 
 if __name__ == "__main__":
