@@ -19,6 +19,7 @@ import time
 from ipo_tui import backends
 from ipo_tui.backends import llama_runtime, weights
 from ipo_tui.backends.base import Sampling
+from ipo_tui.errors import run_script
 from ipo_tui.evaluation import ifeval
 from ipo_tui.evaluation.stats import spread
 from ipo_tui.hardware import describe_cpu
@@ -67,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

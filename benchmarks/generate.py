@@ -24,6 +24,7 @@ import time
 from ipo_tui import backends
 from ipo_tui.backends import llama_runtime, weights
 from ipo_tui.backends.base import Sampling
+from ipo_tui.errors import run_script
 from ipo_tui.hardware import describe_cpu
 
 PROMPTS = [
@@ -131,4 +132,4 @@ def repack_arm(args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,11 +21,13 @@ from pathlib import Path
 from ipo_tui import backends
 from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
+from ipo_tui.errors import run_script
 from ipo_tui.evaluation.gsm8k import DATA, final_number
 from ipo_tui.judge.scoring import Judge
 from ipo_tui.loop import stages
 from ipo_tui.workspace.records import load_prompts
 from ipo_tui.workspace.store import Store
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

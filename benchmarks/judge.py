@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ipo_tui import backends
 from ipo_tui.backends import weights
+from ipo_tui.errors import run_script
 from ipo_tui.evaluation.pairwise import evaluate, load_pairs
 from ipo_tui.hardware import describe_cpu
 from ipo_tui.judge.scoring import configured_judge
@@ -31,8 +32,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
+    model = weights.resolve(args.model)
     pairs = load_pairs(str(args.data), args.pairs)
-    engine = backends.load("llamacpp", weights.resolve(args.model))
+    engine = backends.load("llamacpp", model)
     seconds = {"plain": 0.0, "configured": 0.0}
     setting = ""
     for _ in range(args.rounds):
@@ -53,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ipo_tui import backends
 from ipo_tui.backends import catalogue, weights
 from ipo_tui.backends.base import Sampling
+from ipo_tui.errors import run_script
 from ipo_tui.hardware import describe_cpu
 from ipo_tui.judge.scoring import Judge
 
@@ -64,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -29,6 +29,7 @@ import numpy as np
 from ipo_tui import backends
 from ipo_tui.backends import llama_runtime, weights
 from ipo_tui.backends.base import common_length, split_common_prefix
+from ipo_tui.errors import run_script
 from ipo_tui.hardware import describe_cpu
 from ipo_tui.judge.routing import route
 from ipo_tui.judge.scoring import Judge
@@ -209,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

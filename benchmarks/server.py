@@ -31,6 +31,7 @@ from score import DEFAULT_DATA, load_groups  # the candidates of the scoring ben
 from ipo_tui import backends
 from ipo_tui.backends import weights
 from ipo_tui.backends.server import spawn_llama_cpp_server
+from ipo_tui.errors import run_script
 from ipo_tui.judge.routing import route
 from ipo_tui.judge.scoring import Judge, from_top_logprobs
 
@@ -101,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

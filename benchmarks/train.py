@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from ipo_tui.backends import weights
+from ipo_tui.errors import run_script
 from ipo_tui.hardware import describe_cpu
 from ipo_tui.training import settings
 from ipo_tui.training.runner import trainer_env
@@ -187,4 +188,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

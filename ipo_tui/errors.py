@@ -1,5 +1,16 @@
-"""The one exception type the faces (CLI, TUI) turn into a one-line message."""
+"""The one exception type the faces (CLI, TUI, scripts) turn into a one-line message."""
+
+import sys
+from collections.abc import Callable
 
 
 class IpoError(Exception):
     """A problem the user can fix; the message names it and says what to do."""
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """A script's main (benchmarks/), with an IpoError printed as its one line, as the CLI prints it."""
+    try:
+        main()
+    except IpoError as exc:
+        sys.exit(f"error: {exc}")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,15 @@ def test_not_gguf_and_bad_line(user_dirs, tmp_path):
     bad = tmp_path / "c.jsonl"
     bad.write_text('{"response": "ok"}\n{"response": "unterminated}\n')
     assert_one_line_error(ipo("score", "-p", "q", "-f", str(bad), env_dirs=user_dirs), "line 2", "not valid JSON")
+
+
+def test_a_benchmark_on_an_unknown_model_is_one_line(user_dirs):
+    """benchmarks/ are run by users too: a model that is not there is the CLI's one line, not a traceback."""
+    env = dict(os.environ, IPO_CONFIG_DIR=str(user_dirs / "config"), IPO_DATA_DIR=str(user_dirs / "data"))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "judge.py"
+    result = subprocess.run([sys.executable, str(path), "-m", "no-such-model"], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert_one_line_error(result, "no-such-model", "not found")
 
 
 SUPERVISED = "import sys; sys.argv = ['ipo', *sys.argv[1:]]; from ipo_tui.supervisor import main; main()"
