@@ -174,8 +174,8 @@ def report() -> None:
             continue
         result = json.loads(path.read_text())
         print(f"\n### {result['stage']} ({result['seconds'] / 60:.0f} min)\n")
-        if "benches" in result:
-            for b in result["benches"]:
+        if "benches" in result:  # the workspace's benches when the stage ended: its own is the last without adapter
+            for b in [b for b in result["benches"] if not b["adapter"]][-1:]:
                 f = b["figures"].get("ifeval")
                 if f:
                     print(f"- {b['id']} {b['model']} {b['adapter'] or '(no adapter)'}: prompt strict "
