@@ -39,7 +39,7 @@ def record_fatal_signals() -> None:
 
     path = os.environ.get(LOG_ENV)
     if path:
-        faulthandler.enable(file=open(path, "w"), all_threads=True)  # kept open for the process's life
+        faulthandler.enable(file=open(path, "w"), all_threads=True)  # noqa: SIM115 (open for the process's life)
 
 
 def supervise(command: list[str], log: Path) -> int:

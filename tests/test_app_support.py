@@ -71,7 +71,7 @@ PAIRS = [
 def seed_pairs(store, judge_id: str = "fake-model") -> list[int]:
     """Five proposed pairs in a prompt set 'demo'; returns their ids."""
     store.add_prompt_set("demo", "tests", [{"text": p[0], "category": p[5]} for p in PAIRS])
-    for prompt, (text, chosen, rejected, s_ch, s_rj, category) in zip(store.prompts("demo"), PAIRS):
+    for prompt, (_text, chosen, rejected, s_ch, s_rj, category) in zip(store.prompts("demo"), PAIRS):
         store.add_candidates(prompt["id"], judge_id, "", {}, [(0, 0, chosen), (1, 1, rejected)])
         rows = store.candidates(prompt["id"])
         store.add_judgements(judge_id, [(rows[0]["id"], judgement(chosen, s_ch, category)),

@@ -81,7 +81,7 @@ class Backend(ABC):
         engine that batches across prompts does them at once."""
         return [self.generate(messages, sampling) for messages, sampling in requests]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a backend that holds nothing native has nothing to free)
         """Free the engine's memory; the backend is unusable afterwards."""
 
     def __enter__(self):

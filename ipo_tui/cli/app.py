@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,9 +32,9 @@ def _default(ctx: typer.Context, verbose: bool = typer.Option(
 
 @app.command()
 def tui(
-    model: Optional[str] = ModelOpt,
+    model: str | None = ModelOpt,
     backend: str = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, or auto (the config's `backend:`, else hf)."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    workspace: Path | None = WorkspaceOpt,
     start: str = typer.Option("lab", "--start", help="First screen: model, lab, pairs, eval, train or runs."),
 ) -> None:
     """Open the app: live scoring, pair curation, training dashboard, evaluation, runs."""

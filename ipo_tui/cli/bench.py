@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -38,15 +37,15 @@ app = typer.Typer(help="Objective benchmarks of a policy: IFEval, GSM8K, judge a
 def bench(
     ctx: typer.Context,
     tasks: str = typer.Option("ifeval", "--tasks", "-t", help="Comma-separated: ifeval, gsm8k, judge."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="A fixed sample of N items of each task, spread over it (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", help="A fixed sample of N items of each task, spread over it (default: all)."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Greedy answers stop here; results under another value are kept apart."),
-    pairs: Optional[str] = typer.Option(None, "--pairs", help="judge task: a RewardBench-format pair file."),
-    pairs_limit: Optional[int] = typer.Option(None, "--pairs-limit", help="judge task: a fixed sample of N pairs."),
+    pairs: str | None = typer.Option(None, "--pairs", help="judge task: a RewardBench-format pair file."),
+    pairs_limit: int | None = typer.Option(None, "--pairs-limit", help="judge task: a fixed sample of N pairs."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the figures."),
-    backend: str = BackendOpt, model: Optional[str] = ModelOpt, adapter: Optional[str] = AdapterOpt,
-    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx_len: Optional[int] = CtxOpt,
-    threads: Optional[int] = ThreadsOpt, score_precision: str = PrecisionOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt, workspace: Optional[Path] = WorkspaceOpt,
+    backend: str = BackendOpt, model: str | None = ModelOpt, adapter: str | None = AdapterOpt,
+    device: str | None = DeviceOpt, dtype: str | None = DtypeOpt, ctx_len: int | None = CtxOpt,
+    threads: int | None = ThreadsOpt, score_precision: str = PrecisionOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt, workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Benchmark a policy (a model, optionally with an adapter): greedy answers checked by program,
     resumable, stored in the workspace. `ipo bench --tasks ifeval,gsm8k --adapter runs/dpo-001/adapter`."""
@@ -109,7 +108,7 @@ def _policy_name(row) -> str:
 
 
 @app.command("list")
-def bench_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
+def bench_list(workspace: Path | None = WorkspaceOpt) -> None:
     """The stored benchmarks: policy, settings and each task's headline figure over its stored items."""
     from ipo_tui.evaluation import bench as benchmarks
 
@@ -130,7 +129,7 @@ def bench_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
 @app.command("compare")
 def bench_compare(a: str = typer.Argument(..., help="A benchmark id (`ipo bench list`): the baseline."),
                   b: str = typer.Argument(..., help="Another: the policy to compare with it."),
-                  as_json: bool = typer.Option(False, "--json"), workspace: Optional[Path] = WorkspaceOpt) -> None:
+                  as_json: bool = typer.Option(False, "--json"), workspace: Path | None = WorkspaceOpt) -> None:
     """The difference B - A per task on the items both hold, with the exact McNemar test's p-value."""
     from ipo_tui.evaluation import bench as benchmarks
 

@@ -4,7 +4,6 @@ from prompt sets to curated pairs and their export."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -52,7 +51,7 @@ def prompts_import(
     name: str = typer.Option(..., "--name", help="Name of the new prompt set."),
     prompt_field: str = typer.Option("prompt", "--prompt-field"),
     category_field: str = typer.Option("category", "--category-field"),
-    workspace: Optional[Path] = WorkspaceOpt,
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Import prompts as a named set (all of them, or none if a record is bad)."""
     from ipo_tui.workspace.records import load_prompts
@@ -63,7 +62,7 @@ def prompts_import(
 
 
 @prompts_app.command("list")
-def prompts_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
+def prompts_list(workspace: Path | None = WorkspaceOpt) -> None:
     """The prompt sets in the workspace."""
     table = Table("name", "prompts", "source", "imported")
     for row in open_store(workspace).prompt_sets():
@@ -74,7 +73,7 @@ def prompts_list(workspace: Optional[Path] = WorkspaceOpt) -> None:
 @prompts_app.command("search")
 def prompts_search(
     file: str = typer.Argument(..., help="Labelled pairs (RewardBench format)."),
-    candidates: Optional[Path] = typer.Option(None, "--candidates", help="YAML: {category: [{name, system?, user, polarity?}, ...]}; default: the built-in templates of each category."),
+    candidates: Path | None = typer.Option(None, "--candidates", help="YAML: {category: [{name, system?, user, polarity?}, ...]}; default: the built-in templates of each category."),
     per_category: int = typer.Option(80, "--per-category", help="Pairs per category, spread evenly over the file (0: all)."),
     holdout: int = typer.Option(0, "--holdout", help="Leave out the N-pair sample `ipo eval --limit N` takes, so that eval measures on pairs the search never saw."),
     n_folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
@@ -82,10 +81,10 @@ def prompts_search(
     reply_pmi: bool = typer.Option(True, "--reply-pmi/--no-reply-pmi", help="Also measure each reply's PMI with its instruction (two passes per reply)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Keep the chosen setting per category for this model in the config."),
     as_json: bool = typer.Option(False, "--json", help="Also print the results as one JSON line."),
-    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    backend: str = BackendOpt, model: str | None = ModelOpt, device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Choose each category's judge setting on labelled pairs, cross-validated; keep it for this model.
 
@@ -198,12 +197,12 @@ def _candidate_templates(path: Path) -> dict[str, list]:
 
 
 def generate(
-    prompts: str = PromptSetOpt, n: int = SampleN, limit: Optional[int] = LimitOpt,
+    prompts: str = PromptSetOpt, n: int = SampleN, limit: int | None = LimitOpt,
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
-    workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
-    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    adapter: Optional[str] = AdapterOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    workspace: Path | None = WorkspaceOpt, backend: str = BackendOpt, model: str | None = ModelOpt,
+    device: str | None = DeviceOpt, dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
+    adapter: str | None = AdapterOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Sample N candidates per prompt; a rerun resumes, keeping what is stored."""
     from ipo_tui.loop import stages
@@ -220,13 +219,13 @@ def generate(
 
 
 def judge(
-    prompts: str = PromptSetOpt, limit: Optional[int] = LimitOpt,
-    category: Optional[str] = typer.Option(None, "--category", "-c", help="Judge every prompt under this category's template."),
-    router: Optional[str] = RouterOpt, plain: bool = PlainOpt, calibrate: Optional[bool] = CalibrateOpt,
-    workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
-    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    prompts: str = PromptSetOpt, limit: int | None = LimitOpt,
+    category: str | None = typer.Option(None, "--category", "-c", help="Judge every prompt under this category's template."),
+    router: str | None = RouterOpt, plain: bool = PlainOpt, calibrate: bool | None = CalibrateOpt,
+    workspace: Path | None = WorkspaceOpt, backend: str = BackendOpt, model: str | None = ModelOpt,
+    device: str | None = DeviceOpt, dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Score the stored candidates of the judging model's own policy by p'yes."""
     from ipo_tui.loop import stages
@@ -248,15 +247,15 @@ def judge(
 
 @pairs_app.command("build")
 def pairs_build(
-    prompts: str = PromptSetOpt, n: int = SampleN, limit: Optional[int] = LimitOpt,
+    prompts: str = PromptSetOpt, n: int = SampleN, limit: int | None = LimitOpt,
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
-    judge_mode: Optional[str] = JudgeModeOpt, router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
-    calibrate: Optional[bool] = CalibrateOpt,
-    workspace: Optional[Path] = WorkspaceOpt, backend: str = BackendOpt, model: Optional[str] = ModelOpt,
-    device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    judge_mode: str | None = JudgeModeOpt, router: str | None = RouterOpt, plain: bool = PlainOpt,
+    calibrate: bool | None = CalibrateOpt,
+    workspace: Path | None = WorkspaceOpt, backend: str = BackendOpt, model: str | None = ModelOpt,
+    device: str | None = DeviceOpt, dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Generate and judge whatever is missing, then propose (best, worst) pairs."""
     from ipo_tui.loop import stages
@@ -289,7 +288,7 @@ def pairs_build(
 @pairs_app.command("list")
 def pairs_list(
     status: list[str] = typer.Option([], "--status", help="Only these statuses (repeatable)."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """The pairs with their scores."""
     from ipo_tui.workspace.store import PAIR_STATUSES
@@ -304,7 +303,7 @@ def pairs_list(
 @pairs_app.command("stats")
 def pairs_stats(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per row instead of a table."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """How often you agreed with the judge when curating: its accuracy on your own data.
 
@@ -350,15 +349,15 @@ def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> N
 @pairs_app.command("accept")
 def pairs_accept(
     ids: list[int] = typer.Argument(None, help="Pair ids."),
-    min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Also every proposed pair with at least this margin."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    min_margin: float | None = typer.Option(None, "--min-margin", help="Also every proposed pair with at least this margin."),
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Accept pairs for training (`ipo train dpo --pairs accepted`)."""
     _mark("accepted", ids or [], min_margin, workspace)
 
 
 @pairs_app.command("reject")
-def pairs_reject(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace: Optional[Path] = WorkspaceOpt) -> None:
+def pairs_reject(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace: Path | None = WorkspaceOpt) -> None:
     """Reject pairs: they are kept, but never trained on."""
     _mark("rejected", ids, None, workspace)
 
@@ -369,7 +368,7 @@ def pairs_export(
     fmt: str = typer.Option("trl", "--format", help="trl or llamafactory"),
     conversational: bool = typer.Option(False, "--conversational", help="TRL conversational shape (lists of messages)."),
     status: list[str] = typer.Option([], "--status", help="Statuses to export (default: proposed, accepted, edited)."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Write the pairs in a trainer's format."""
     from ipo_tui.workspace.records import pair_records, write_records

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -40,13 +39,13 @@ from ipo_tui.errors import IpoError
 def eval_pairs(
     file: str = typer.Argument(..., help="RewardBench-format pairs: prompt, chosen, rejected, subset, category?"),
     judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 1-5 score)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="A fixed sample of N pairs spread over the file."),
+    limit: int | None = typer.Option(None, "--limit", help="A fixed sample of N pairs spread over the file."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
-    judge_mode: Optional[str] = JudgeModeOpt, router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
-    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    judge_mode: str | None = JudgeModeOpt, router: str | None = RouterOpt, plain: bool = PlainOpt,
+    backend: str = BackendOpt, model: str | None = ModelOpt, device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Pairwise accuracy of a judge, per subset and per category (ties count as wrong)."""
     from ipo_tui.evaluation.pairwise import JUDGES, evaluate, load_pairs
@@ -87,14 +86,14 @@ def eval_pairs(
 
 def bestofn(
     prompt: str = typer.Option(..., "--prompt", "-p"), n: int = typer.Option(8, "-n"),
-    category: Optional[str] = typer.Option(None, "--category", "-c"),
+    category: str | None = typer.Option(None, "--category", "-c"),
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
     as_json: bool = typer.Option(False, "--json"),
-    router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
-    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    router: str | None = RouterOpt, plain: bool = PlainOpt,
+    backend: str = BackendOpt, model: str | None = ModelOpt, device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Sample n answers and pick the best by p'yes, showing every score."""
     from ipo_tui.evaluation.pairwise import best_of_n

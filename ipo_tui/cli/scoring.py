@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -36,16 +35,16 @@ models_app = typer.Typer(help="The models ipo knows: the embedded default, regis
 
 
 def score(
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The instruction the candidates answer."),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="The instruction the candidates answer."),
     response: list[str] = typer.Option([], "--response", "-r", help="A candidate response; repeat for several."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="JSONL of candidates: {\"response\": ..., \"prompt\"?: ...} a line."),
-    category: Optional[str] = typer.Option(None, "--category", "-c", help="chat, code, math, safety, generic (default: routed by keywords)."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="JSONL of candidates: {\"response\": ..., \"prompt\"?: ...} a line."),
+    category: str | None = typer.Option(None, "--category", "-c", help="chat, code, math, safety, generic (default: routed by keywords)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per candidate instead of a table."),
-    router: Optional[str] = RouterOpt, plain: bool = PlainOpt, calibrate: Optional[bool] = CalibrateOpt,
-    backend: str = BackendOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt, ctx: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    score_precision: str = PrecisionOpt, adapter: Optional[str] = AdapterOpt,
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    router: str | None = RouterOpt, plain: bool = PlainOpt, calibrate: bool | None = CalibrateOpt,
+    backend: str = BackendOpt, model: str | None = ModelOpt, device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
+    score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
     from ipo_tui.judge.scoring import ranked as rank_judgements
@@ -109,7 +108,7 @@ def models_list(ctx: typer.Context) -> None:
 
 @models_app.command("add")
 def models_add(path: str = typer.Argument(..., help="GGUF file or HF model folder."),
-               name: Optional[str] = typer.Option(None, "--name", help="Name to use with --model (default: the file or folder name).")) -> None:
+               name: str | None = typer.Option(None, "--name", help="Name to use with --model (default: the file or folder name).")) -> None:
     """Register a model under a name."""
     from ipo_tui.backends import weights
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -106,9 +105,9 @@ def launch(kind: str, data: str, model, config, set_, dtype, detach: bool, works
 @train_app.command("dpo")
 def train_dpo(
     pairs: str = typer.Option("accepted", "--pairs", help="A TRL pair file, or workspace pairs by status: accepted, accepted,edited, accepted@SET."),
-    model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-    dtype: Optional[str] = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
-    launcher: str = LauncherOpt, processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
+    model: str | None = ModelOpt, config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
+    dtype: str | None = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Path | None = WorkspaceOpt,
+    launcher: str = LauncherOpt, processes: int | None = ProcessesOpt, strategy: str = StrategyOpt,
 ) -> None:
     """Train a LoRA adapter with DPO on chosen/rejected pairs."""
     launch("dpo", pairs, model, config, set_, dtype, detach, workspace, launcher, processes, strategy)
@@ -117,16 +116,16 @@ def train_dpo(
 @train_app.command("sft")
 def train_sft(
     data: str = typer.Option(..., "--data", help="JSONL/JSON/CSV/Parquet with prompt and response (or completion) fields."),
-    model: Optional[str] = ModelOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-    dtype: Optional[str] = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt,
-    launcher: str = LauncherOpt, processes: Optional[int] = ProcessesOpt, strategy: str = StrategyOpt,
+    model: str | None = ModelOpt, config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
+    dtype: str | None = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Path | None = WorkspaceOpt,
+    launcher: str = LauncherOpt, processes: int | None = ProcessesOpt, strategy: str = StrategyOpt,
 ) -> None:
     """Supervised fine-tuning of a LoRA adapter (the optional first stage)."""
     launch("sft", data, model, config, set_, dtype, detach, workspace, launcher, processes, strategy)
 
 
 @train_app.command("resume")
-def train_resume(run_id: str, detach: bool = DetachOpt, workspace: Optional[Path] = WorkspaceOpt) -> None:
+def train_resume(run_id: str, detach: bool = DetachOpt, workspace: Path | None = WorkspaceOpt) -> None:
     """Continue a stopped, failed or interrupted run from its last checkpoint."""
     from ipo_tui.training import runner
 
@@ -138,7 +137,7 @@ def train_resume(run_id: str, detach: bool = DetachOpt, workspace: Optional[Path
 
 
 @train_app.command("stop")
-def train_stop(run_id: str, workspace: Optional[Path] = WorkspaceOpt) -> None:
+def train_stop(run_id: str, workspace: Path | None = WorkspaceOpt) -> None:
     """Ask a running run to save a checkpoint and stop."""
     from ipo_tui.training import runner
 
@@ -154,8 +153,8 @@ def train_defaults() -> None:
     print(defaults_text(), end="")
 
 
-def runs(run_id: Optional[str] = typer.Argument(None, help="Show one run in detail."),
-         workspace: Optional[Path] = WorkspaceOpt) -> None:
+def runs(run_id: str | None = typer.Argument(None, help="Show one run in detail."),
+         workspace: Path | None = WorkspaceOpt) -> None:
     """Training runs and loop iterations with their last metrics."""
     from ipo_tui.training import runner
 
@@ -190,29 +189,29 @@ def _fmt(value) -> str:
 
 
 def loop(
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Name of an imported prompt set (a new loop)."),
+    prompts: str | None = typer.Option(None, "--prompts", help="Name of an imported prompt set (a new loop)."),
     iterations: int = typer.Option(1, "--iterations", "-k", help="Adapters to train, one per iteration."),
     n: int = typer.Option(4, "-n", help="Candidates per prompt."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts of the set."),
-    resume_id: Optional[str] = typer.Option(None, "--resume", help="Continue this loop where it stopped."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N prompts of the set."),
+    resume_id: str | None = typer.Option(None, "--resume", help="Continue this loop where it stopped."),
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the prompts kept out of training to measure each new policy."),
-    eval_file: Optional[str] = typer.Option(None, "--eval-file", help="A labelled pair file: policy 0 and each new policy are benchmarked on their p'yes accuracy there (the judge task)."),
+    eval_file: str | None = typer.Option(None, "--eval-file", help="A labelled pair file: policy 0 and each new policy are benchmarked on their p'yes accuracy there (the judge task)."),
     eval_limit: int = typer.Option(64, "--eval-limit", help="A fixed sample of N pairs of --eval-file."),
     pairs_by: str = typer.Option("ipo", "--pairs-by", help="How chosen and rejected are picked among the candidates: ipo (the policy's p'yes), or a control: random, longer, self-reward (its 1-5 rating), judge:MODEL (another model's p'yes)."),
-    bench: Optional[str] = typer.Option(None, "--bench", help="Benchmark policy 0 and every new policy: ifeval, gsm8k, judge (comma-separated; judge uses --eval-file, which implies it)."),
-    bench_limit: Optional[int] = typer.Option(None, "--bench-limit", help="A fixed sample of N items of each benchmark task (default: all)."),
+    bench: str | None = typer.Option(None, "--bench", help="Benchmark policy 0 and every new policy: ifeval, gsm8k, judge (comma-separated; judge uses --eval-file, which implies it)."),
+    bench_limit: int | None = typer.Option(None, "--bench-limit", help="A fixed sample of N items of each benchmark task (default: all)."),
     bench_max_tokens: int = typer.Option(512, "--bench-max-tokens", help="Greedy benchmark answers stop here."),
     temperature: float = typer.Option(0.8, "--temperature"), top_p: float = typer.Option(0.95, "--top-p"),
     max_tokens: int = typer.Option(256, "--max-tokens"), seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("auto", "--backend", "-b", help="Engine that samples and judges: hf, llamacpp, server, or auto (server with --base-url, llamacpp for GGUF files)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for sampling and judging (default: all cores)."),
-    base_url: Optional[str] = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
-    served_model: Optional[str] = typer.Option(None, "--served-model", help="server: the served model of the policy the loop needs (default: the one the server lists)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model to train: a GGUF file, an HF folder or id (default: the embedded SmolLM2-135M-Instruct). With a server, the local copy of the weights it serves."),
-    config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, dtype: Optional[str] = TrainDtypeOpt,
-    router: Optional[str] = RouterOpt, plain: bool = PlainOpt,
-    workspace: Optional[Path] = WorkspaceOpt,
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for sampling and judging (default: all cores)."),
+    base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
+    served_model: str | None = typer.Option(None, "--served-model", help="server: the served model of the policy the loop needs (default: the one the server lists)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="The model to train: a GGUF file, an HF folder or id (default: the embedded SmolLM2-135M-Instruct). With a server, the local copy of the weights it serves."),
+    config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, dtype: str | None = TrainDtypeOpt,
+    router: str | None = RouterOpt, plain: bool = PlainOpt,
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Iterate: sample and judge with policy k, build pairs, train adapter k+1 (LoRA-DPO).
 
@@ -256,7 +255,7 @@ def loop(
                                stop.checked(train_progress), **moved)
     except KeyboardInterrupt:
         err.print(f"{resume_id} stopped; continue with `ipo loop --resume {resume_id}`", highlight=False)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     show_loop(store, record)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from ipo_tui.errors import IpoError
 from ipo_tui.evaluation.stats import spread, wilson

@@ -25,7 +25,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -124,9 +124,9 @@ def extract(judge, rows: list[dict], templates: list, folder: Path, pairwise_jud
     records, verdicts, replies = [], [], []
     for done, row in enumerate(rows, 1):
         key = pair_key(row)
-        records.append([c.get(key, lambda t=t: _measure(judge, row, t)) for c, t in zip(caches, templates)])
+        records.append([c.get(key, lambda t=t, row=row: _measure(judge, row, t)) for c, t in zip(caches, templates)])
         if verdict_cache is not None:
-            verdicts.append(verdict_cache.get(key, lambda: {"pairwise": list(
+            verdicts.append(verdict_cache.get(key, lambda row=row: {"pairwise": list(
                 pairwise_judge.raw(row["prompt"], row["chosen"], row["rejected"]))})["pairwise"])
         if pmi_cache is not None:
             replies.append(pmi_cache.get(key, lambda row=row: _measure_reply(judge, row))["reply"])

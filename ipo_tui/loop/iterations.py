@@ -27,6 +27,7 @@ writes what to serve, stops in status `waiting`, and goes on when resumed once i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -385,9 +386,7 @@ def benchmarks(store: Store, record: dict) -> list[dict]:
                 figures[task] = b[task]["accuracy"]
         change = {}
         if base and k and base["id"] != b["id"]:
-            try:
+            with contextlib.suppress(IpoError):  # no items in common (another --bench-limit): no test
                 change = compare(store, base["id"], b["id"])
-            except IpoError:  # no items in common (another --bench-limit): figures without a test
-                pass
         rows.append({"policy": k, "bench": b["id"], "figures": figures, "change": change})
     return rows

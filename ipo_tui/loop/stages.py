@@ -9,7 +9,7 @@ at the end, after the others are done and stored; three failures in a row stop t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from ipo_tui.backends.base import Backend, Sampling
 from ipo_tui.errors import IpoError

@@ -111,14 +111,13 @@ def trainer_env() -> dict[str, str]:
 
 def launch(run: RunInfo, store: Store) -> RunInfo:
     """Start (or restart) the trainer on a prepared run; returns at once."""
-    log = open(run.folder / "train.log", "a")
     # its own session: closing the app or the terminal does not kill a run; Ctrl-C is forwarded by `follow`
     entry = ["-m", "ipo_tui.training.trainer", str(run.folder)]
     if (run.folder / "accelerate.yaml").exists():  # several processes: the same entry under `accelerate launch`
         entry = ["-m", "accelerate.commands.launch", "--config_file", str(run.folder / "accelerate.yaml"), *entry]
-    child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                             env=trainer_env())
-    log.close()
+    with open(run.folder / "train.log", "a") as log:  # the child keeps its own copy of the handle
+        child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env=trainer_env())
     _children[run.id] = child
     (run.folder / "pid").write_text(str(child.pid))
     (run.folder / "error.txt").unlink(missing_ok=True)

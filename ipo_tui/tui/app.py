@@ -11,9 +11,10 @@ a scoring worker and a generation worker never drive the engine at the same time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -232,10 +233,8 @@ class IpoApp(App):
             old, owned = self.engine, self._owns_engine
             self.engine, self.judge, self.engine_ref, self._owns_engine = engine, judge, ref, True
         if old is not None and owned:
-            try:
+            with contextlib.suppress(Exception):
                 old.close()
-            except Exception:
-                pass
         try:
             if backend != "server":  # the recent list holds local models
                 weights.remember(ref)

@@ -31,8 +31,8 @@ SORT_ORDER = ("id", "margin", "score_chosen", "score_rejected", "status", "categ
 
 
 def pair_value(row, key: str):
-    value = {"set": row["prompt_set"], "category": row["category"] or row["prompt_category"] or ""}.get(key, None)
-    if value is None and key in row.keys():
+    value = {"set": row["prompt_set"], "category": row["category"] or row["prompt_category"] or ""}.get(key)
+    if value is None and key in row.keys():  # noqa: SIM118 (`in` on a sqlite3.Row looks through its values)
         value = row[key]
     if isinstance(value, str):
         return value.lower()
@@ -177,11 +177,11 @@ Every change is written to the workspace at once.
                 one_line(r["prompt"], 17), one_line(r["chosen"], 16), one_line(r["rejected"], 16)]
 
     def _summary(self) -> None:
-        counts = {s: 0 for s in PAIR_STATUSES}
+        counts = dict.fromkeys(PAIR_STATUSES, 0)
         for r in self.rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         parts = " · ".join(f"{n} {s}" for s, n in counts.items() if n)
-        label = dict((k, lbl) for k, lbl, _ in COLUMNS)[self.sort_key]
+        label = {k: lbl for k, lbl, _ in COLUMNS}[self.sort_key]
         self.set_status(f"{len(self.rows)} pairs shown{': ' + parts if parts else ''} · sorted by {label}"
                         f" {'descending' if self.sort_reverse else 'ascending'}")
 

@@ -7,6 +7,8 @@ run and follows it again; stopping asks the trainer to checkpoint, resuming star
 
 from __future__ import annotations
 
+import contextlib
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -177,10 +179,8 @@ a child process: the app can close, and it finds the run again when it opens.
         module = runner()
         if module is None or self.run is None:
             return
-        try:
+        with contextlib.suppress(IpoError, AttributeError):
             self.run = module.info(self.app.store, self.run.id)
-        except (IpoError, AttributeError):
-            pass
 
     # --- polling ---------------------------------------------------------------------------------
 
