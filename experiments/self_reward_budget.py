@@ -12,8 +12,8 @@ import time
 
 from ipo_tui import backends
 from ipo_tui.backends import weights
-from ipo_tui.backends.base import Sampling
 from ipo_tui.errors import run_script
+from ipo_tui.evaluation.stats import spread
 from ipo_tui.judge import self_reward
 
 from ipo_vs_controls import WORKSPACE
@@ -26,15 +26,12 @@ def main() -> None:
     rows = db.execute("SELECT p.text, c.text FROM candidates c JOIN prompts p ON p.id = c.prompt_id "
                       "WHERE c.adapter = '' AND c.model LIKE 'SmolLM2%' ORDER BY c.id").fetchall()
     db.close()
-    rows = rows[::max(1, len(rows) // SAMPLE)][:SAMPLE]
+    rows = spread(rows, SAMPLE)
     engine = backends.load("llamacpp", weights.resolve(None))
     for budget in (self_reward.MAX_TOKENS, 256):
         began, parsed = time.perf_counter(), 0
         for instruction, response in rows:
-            messages = [{"role": "user", "content": self_reward.RUBRIC.format(instruction=instruction,
-                                                                              response=response)}]
-            [text] = engine.generate(messages, Sampling(n=1, temperature=0.0, top_p=1.0, max_tokens=budget, seed=0))
-            parsed += self_reward.parse_score(text) is not None
+            parsed += self_reward.rate(engine, instruction, response, max_tokens=budget)[0] is not None
         print(f"max_tokens {budget}: {parsed} of {len(rows)} ratings parse ({time.perf_counter() - began:.0f} s)")
 
 

@@ -42,7 +42,7 @@ def parse_score(text: str) -> int | None:
     return None
 
 
-def rate(backend: Backend, instruction: str, response: str) -> tuple[int | None, str]:
+def rate(backend: Backend, instruction: str, response: str, max_tokens: int = MAX_TOKENS) -> tuple[int | None, str]:
     messages = [{"role": "user", "content": RUBRIC.format(instruction=instruction, response=response)}]
-    [text] = backend.generate(messages, Sampling(n=1, temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, seed=0))
+    [text] = backend.generate(messages, Sampling(n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0))
     return parse_score(text), text
