@@ -16,7 +16,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+from ipo_tui.stopping import owned_env
 
 LOG_ENV = "IPO_CRASH_LOG"
 # leave the alternate screen, show the cursor, stop mouse reports, bracketed paste, focus events, kitty keys
@@ -28,9 +31,17 @@ HINTS = {"llama.cpp": "try IPO_LLAMA_REPACK=off, or --backend hf",
 
 
 def crash_log() -> Path:
+    """In the data folder, or the temporary one where that cannot be written (a read-only home)."""
     from ipo_tui import config
 
-    return config.data_dir() / "crash.log"
+    folder = config.data_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder / "crash.log"
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"ipo-crash-{os.getuid() if hasattr(os, 'getuid') else 0}.log"
 
 
 def record_fatal_signals() -> None:
@@ -44,16 +55,20 @@ def record_fatal_signals() -> None:
 
 def supervise(command: list[str], log: Path) -> int:
     """Run `command` with the crash log set; its exit status, after a report if it died of a signal."""
-    log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
     saved = _terminal_state()
-    child = subprocess.Popen(command, env={**os.environ, LOG_ENV: str(log)})
+    child = subprocess.Popen(command, env={**owned_env(True), LOG_ENV: str(log)})
     status = _wait(child) if hasattr(signal, "sigtimedwait") else _wait_portably(child)
-    if status >= 0 or -status in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL):
+    if status >= 0:
         return status
-    _restore_terminal(saved)
-    sys.stderr.write(report(-status, log) + "\n")
-    return 128 - status
+    if -status == signal.SIGKILL:  # it could not say so itself; often the kernel, out of memory
+        _restore_terminal(saved)
+        sys.stderr.write("ipo: killed (SIGKILL), by a user or by the system when memory ran out; "
+                         "what was finished is stored, and a rerun continues\n")
+    elif -status not in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a crash, not a stop
+        _restore_terminal(saved)
+        sys.stderr.write(report(-status, log) + "\n")
+    return 128 - status  # as a shell reports a death by signal n
 
 
 def _wait(child: subprocess.Popen) -> int:

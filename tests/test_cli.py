@@ -93,10 +93,11 @@ def test_a_signalled_loop_stops_as_ctrl_c_does(user_dirs, tmp_path, signum, to):
     loop = subprocess.Popen([sys.executable, "-c", SUPERVISED, "loop", "--prompts", "fruits", "-n", "2",
                              "--bench", "ifeval", "--bench-limit", "50", "--bench-max-tokens", "64"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in loop.stderr:  # where the progress goes
-        if "benchmark policy 0" in line:
-            break
-    time.sleep(2)  # answers under way
+    workspace = user_dirs / "data" / "workspace.sqlite"
+    deadline = time.monotonic() + 600
+    while bench_answers(workspace) == 0:  # wait for a state: policy 0's first benchmark answer stored
+        assert loop.poll() is None and time.monotonic() < deadline, loop.stderr.read()
+        time.sleep(0.1)
     folder = user_dirs / "data" / "runs" / "loop-001"
     os.kill(loop.pid if to == "the ipo command" else int((folder / "pid").read_text()), signum)
     _, error = loop.communicate(timeout=60)
@@ -106,21 +107,33 @@ def test_a_signalled_loop_stops_as_ctrl_c_does(user_dirs, tmp_path, signum, to):
     assert re.search(r"loop-001\s.*stopped", shown.stdout), shown.stdout
 
 
+def bench_answers(workspace: Path) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{workspace}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute("SELECT COUNT(*) FROM bench_items").fetchone()[0]
+    except sqlite3.OperationalError:  # no benchmark table yet
+        return 0
+    finally:
+        db.close()
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_that_a_finalizer_swallowed_is_raised_at_the_next_step(signum):
     """The signal lands while a `__del__` runs (as it did in CI, mid-benchmark): Python prints the
     KeyboardInterrupt and drops it, and the loop's next progress step raises it again."""
-    from ipo_tui.cli.training import StopAsCtrlC
+    from ipo_tui.stopping import StopRequest
 
     class Finalized:
         def __del__(self):
             os.kill(os.getpid(), signum)
             time.sleep(0.01)  # the handler runs here, inside the finalizer
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        stop = StopAsCtrlC()
+        stop = StopRequest().install()
         steps = []
         step = stop.checked(lambda done, total: steps.append(done))
         step(1, 3)

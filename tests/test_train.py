@@ -30,25 +30,6 @@ PAIRS = [
 FAST = {"learning_rate": 5e-3, "batch_size": 2, "lora_r": 8, "lora_alpha": 16}
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from ipo_tui.backends import weights
-
-    tokenizer = AutoTokenizer.from_pretrained(weights.materialize_gguf(weights.resolve(None).path))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture
 def store(tmp_path):
     s = Store(tmp_path / "ws" / "workspace.sqlite")

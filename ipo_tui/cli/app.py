@@ -10,7 +10,8 @@ import typer
 
 from ipo_tui.cli import bench, data, evaluation, export, scoring, training
 from ipo_tui.cli.common import ModelOpt, WorkspaceOpt, err
-from ipo_tui.errors import IpoError
+from ipo_tui import stopping
+from ipo_tui.errors import IpoError, Stopped
 
 app = typer.Typer(
     help="Implicit Preference Optimization: a model judges its own answers by p(Yes) and learns from them. "
@@ -61,11 +62,20 @@ app.add_typer(export.app, name="export")
 
 
 def main() -> None:
+    stop = stopping.REQUEST.install()
+    stopping.stop_with_parent()
     try:
         app(prog_name="ipo")  # the name the user typed, not `python -m ipo_tui` that the supervisor runs
     except IpoError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    except Stopped as exc:
+        err.print(str(exc), highlight=False)
+    except (KeyboardInterrupt, SystemExit) as exc:  # typer turns a KeyboardInterrupt into exit 130
+        if stop.signum is None and not isinstance(exc, KeyboardInterrupt):
+            raise
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        err.print(f"ipo {command}".strip() + f" stopped ({stop.name})", highlight=False)
+    finally:
+        stop.quiet()  # a later signal must not raise where nothing can catch it
+    sys.exit(stop.exit_status)

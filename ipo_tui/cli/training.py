@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import typer
@@ -21,7 +20,8 @@ from ipo_tui.cli.common import (
     progress_bar,
     sampling_settings,
 )
-from ipo_tui.errors import IpoError
+from ipo_tui import stopping
+from ipo_tui.errors import IpoError, Stopped
 
 train_app = typer.Typer(help="LoRA training runs: dpo, sft, resume, stop.", no_args_is_help=True,
                         pretty_exceptions_enable=False)
@@ -68,18 +68,28 @@ def follow(run, store) -> None:
             stats = "training"
         bar.update(task, completed=progress.get("step", 0), total=progress.get("max_steps"), stats=stats)
 
-    with bar:
-        run = runner.follow(run, store, update)
+    try:
+        with bar:
+            run = runner.follow(run, store, update)
+    except KeyboardInterrupt:
+        raise Stopped(stop_message(runner.info(store, run.id))) from None
     report(run)
 
 
-def report(run) -> None:
+def stop_message(run) -> str:
+    """What a stop signal left of a foreground run: its checkpoint, or a trainer still saving one."""
     from ipo_tui.training import runner
 
+    if run.status == "running":
+        return f"{run.id} is saving its checkpoint and stopping; `ipo runs {run.id}` shows when it has"
+    return f"{run.id} stopped at step {runner.last_checkpoint_step(run)}; continue with `ipo train resume {run.id}`"
+
+
+def report(run) -> None:
     if run.status == "completed":
         out.print(f"{run.id} completed: adapter in {run.adapter}")
     elif run.status == "stopped":
-        out.print(f"{run.id} stopped at step {runner.last_checkpoint_step(run)}; continue with `ipo train resume {run.id}`")
+        out.print(stop_message(run))
     else:
         reason = (run.folder / "error.txt").read_text().strip() if (run.folder / "error.txt").exists() else "see train.log"
         raise IpoError(f"{run.id} {run.status}: {reason} ({run.folder / 'train.log'}); `ipo train resume {run.id}` retries")
@@ -94,7 +104,7 @@ def launch(kind: str, data: str, model, config, set_, dtype, detach: bool, works
         run = runner.prepare(kind, data, model, store, overrides(set_, dtype), config, launcher=launcher, processes=processes,
                              strategy=strategy,
                              on_status=status.update)
-    run = runner.launch(run, store)
+    run = runner.launch(run, store, owned=not detach)
     out.print(f"{run.id}: {kind} on {run.config['examples']} examples, folder {run.folder}")
     if detach:
         out.print(f"running in the background (pid file {run.folder / 'pid'}); `ipo runs {run.id}` shows it")
@@ -130,7 +140,7 @@ def train_resume(run_id: str, detach: bool = DetachOpt, workspace: Path | None =
     from ipo_tui.training import runner
 
     store = open_store(workspace)
-    run = runner.resume(run_id, store)
+    run = runner.resume(run_id, store, owned=not detach)
     out.print(f"{run.id}: resuming from step {runner.last_checkpoint_step(run)}")
     if not detach:
         follow(run, store)
@@ -248,38 +258,14 @@ def loop(
         bar.update(bar.task_ids[0], completed=state.get("step", 0), total=state.get("max_steps"),
                    description=f"training{stats}")
 
-    stop = StopAsCtrlC()
+    stop = stopping.REQUEST  # a stop lost in a finalizer is raised again at the next step
     try:
         with bar:
             record = loops.run(store, resume_id, stop.checked(event), stop.checked(progress),
                                stop.checked(train_progress), **moved)
     except KeyboardInterrupt:
-        err.print(f"{resume_id} stopped; continue with `ipo loop --resume {resume_id}`", highlight=False)
-        raise typer.Exit(130) from None
+        raise Stopped(f"{resume_id} stopped; continue with `ipo loop --resume {resume_id}`") from None
     show_loop(store, record)
-
-
-class StopAsCtrlC:
-    """SIGINT and SIGTERM stop a loop as Ctrl-C does: recorded `stopped`, its trainer checkpointed,
-    resumable. Python raises the KeyboardInterrupt wherever the main thread is, and one raised in a
-    finalizer (`__del__`) is printed and dropped, so the request is kept and raised again by every
-    `checked` callback (each progress step and event) until the loop stops."""
-
-    def __init__(self):
-        self.requested = False
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        raise KeyboardInterrupt
-
-    def checked(self, callback):
-        def call(*args):
-            if self.requested:
-                raise KeyboardInterrupt
-            return callback(*args)
-        return call
 
 
 def show_loop(store, record: dict) -> None:
@@ -289,16 +275,17 @@ def show_loop(store, record: dict) -> None:
 
     table = Table("iteration", "pairs by", "pairs", "held-out agreement", "mean p'yes prev → new", "sample tokens",
                   "logp chosen / rejected", title="iterations", title_justify="left")
-    for it in record["done"]:
-        e, d = it["eval"], it.get("drift") or {}
+    done = record.get("done") or []  # a loop record cut short (a damaged or hand-edited workspace)
+    for it in done:
+        e, d = it.get("eval") or {}, it.get("drift") or {}
         logps = f"{d['logps_chosen'][1]:.0f} / {d['logps_rejected'][1]:.0f}" if "logps_chosen" in d else ""
         table.add_row(str(it["iteration"]), it.get("pairs_by", "ipo"), str(it["pairs"]), _fmt(e.get("held_out_agreement")),
                       f"{_fmt(e.get('mean_p_yes_previous_samples'))} → {_fmt(e.get('mean_p_yes_new_samples'))}",
                       "" if d.get("sample_tokens") is None else f"{d['sample_tokens']:.0f}", logps)
     out.print(table)
-    for it in record["done"]:
+    for it in done:
         out.print(f"iteration {it['iteration']}, seconds per stage: "
-                  + ", ".join(f"{k} {v:.0f}" for k, v in it["seconds"].items()), highlight=False)
+                  + ", ".join(f"{k} {v:.0f}" for k, v in (it.get("seconds") or {}).items()), highlight=False)
         if (it.get("drift") or {}).get("warning"):
             out.print(f"[yellow]iteration {it['iteration']}:[/] {it['drift']['warning']}", highlight=False)
     rows = benchmarks(store, record)

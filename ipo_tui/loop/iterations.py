@@ -41,6 +41,7 @@ from ipo_tui.judge.scoring import configured_judge
 from ipo_tui.loop import controls, server_handoff, stages
 from ipo_tui.training import runner
 from ipo_tui.training import settings as train_settings
+from ipo_tui.workspace import locks
 from ipo_tui.workspace.store import Store
 
 Events = Callable[[str], None]
@@ -92,11 +93,17 @@ def run(store: Store, loop_id: str, on_event: Events = print, on_progress=lambda
         on_train=lambda progress, metrics: None, base_url: str | None = None, served_model: str | None = None) -> dict:
     """Run (or continue) a loop to its last iteration; returns its record. With the server backend,
     `base_url` moves the loop to another address and `served_model` names the model that serves
-    the policy the loop needs next."""
-    row = store.run(loop_id)
-    if row["kind"] != "loop":
-        raise IpoError(f"{loop_id} is a {row['kind']} run, not a loop")
-    spec = runner.info(store, loop_id).config
+    the policy the loop needs next. One process at a time runs a loop: a second is refused."""
+    loop = runner.info(store, loop_id)
+    if loop.kind != "loop":
+        raise IpoError(f"{loop_id} is a {loop.kind} run, not a loop")
+    with locks.held(locks.run_lock(loop.folder), loop_id):
+        return _continue(store, loop, on_event, on_progress, on_train, base_url, served_model)
+
+
+def _continue(store: Store, loop: runner.RunInfo, on_event: Events, on_progress, on_train, base_url: str | None,
+              served_model: str | None) -> dict:
+    loop_id, spec = loop.id, loop.config
     if 0 < len(spec["done"]) < spec["iterations"] and not runner.info(store, spec["done"][-1]["train_run"]).adapter:
         k = len(spec["done"])
         raise IpoError(f"{loop_id}: policy {k}'s adapter {spec['done'][-1]['adapter']} is gone, and what policy {k} "
@@ -107,9 +114,7 @@ def run(store: Store, loop_id: str, on_event: Events = print, on_progress=lambda
         spec["server"]["base_url"] = base_url
     if served_model:
         spec["server"]["served"][str(len(spec["done"]) + bool(spec.get("trained")))] = served_model
-    folder = Path(row["folder"])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pid").write_text(str(os.getpid()))  # so that `ipo runs` and the app can tell it is running
+    (loop.folder / "pid").write_text(str(os.getpid()))  # so that `ipo runs` and the app can tell it is running
     store.set_run(loop_id, "running", config=spec)
     try:
         for k in range(len(spec["done"]), spec["iterations"]):
@@ -333,7 +338,7 @@ def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter:
         train_run = runner.prepare("dpo", rows, spec["model"] or None, store, spec["settings"],
                                    init_adapter=adapter or None, run_id=run_id)
     if train_run.status != "completed":
-        train_run = runner.follow(runner.launch(train_run, store), store, on_train)
+        train_run = runner.follow(runner.launch(train_run, store, owned=True), store, on_train)
         if train_run.status != "completed":
             raise IpoError(f"iteration {k + 1}: training {train_run.status}; `ipo loop --resume {loop_id}` continues")
     return train_run
@@ -372,7 +377,7 @@ def benchmarks(store: Store, record: dict) -> list[dict]:
     "figures" (name -> value), "change" (name -> evaluation.bench.compare's row against policy 0)}."""
     from ipo_tui.evaluation.bench import compare
 
-    entries = [(0, record.get("bench0"))] + [(it["iteration"], it.get("bench")) for it in record["done"]]
+    entries = [(0, record.get("bench0"))] + [(it["iteration"], it.get("bench")) for it in record.get("done") or []]
     entries = [(k, b) for k, b in entries if b]
     base = entries[0][1] if entries and entries[0][0] == 0 else None
     rows = []

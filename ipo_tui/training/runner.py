@@ -20,12 +20,14 @@ from pathlib import Path
 
 import yaml
 
+from ipo_tui import stopping
 from ipo_tui.backends import weights
 from ipo_tui.backends.base import plain_chat
 from ipo_tui.errors import IpoError
 from ipo_tui.training import settings as train_settings
 from ipo_tui.training.export import ADAPTER_WEIGHTS
 from ipo_tui.training.trainer import latest_checkpoint, precision, read_jsonl
+from ipo_tui.workspace import locks
 from ipo_tui.workspace.records import (
     pair_records,
     read_records,
@@ -104,20 +106,24 @@ def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, 
 ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 
 
-def trainer_env() -> dict[str, str]:
-    """The training process's environment: this one, with the allocator tuned unless the user set it."""
-    return {"GLIBC_TUNABLES": ALLOCATOR_TUNABLES, **os.environ}
+def trainer_env(owned: bool = False) -> dict[str, str]:
+    """The training process's environment: this one, with the allocator tuned unless the user set
+    it; an `owned` trainer stops when this process is gone."""
+    return {"GLIBC_TUNABLES": ALLOCATOR_TUNABLES, **stopping.owned_env(owned)}
 
 
-def launch(run: RunInfo, store: Store) -> RunInfo:
-    """Start (or restart) the trainer on a prepared run; returns at once."""
-    # its own session: closing the app or the terminal does not kill a run; Ctrl-C is forwarded by `follow`
+def launch(run: RunInfo, store: Store, owned: bool = False) -> RunInfo:
+    """Start (or restart) the trainer on a prepared run; returns at once. An `owned` run belongs to
+    this process (a foreground command): it stops when this process is gone, even by `kill -9`;
+    otherwise it runs on when the app or the terminal closes."""
+    locks.ensure_free(locks.run_lock(run.folder), f"run {run.id}")  # the trainer holds it while it trains
+    # its own session: a terminal's Ctrl-C reaches only `ipo`, whose `follow` stops the run cleanly
     entry = ["-m", "ipo_tui.training.trainer", str(run.folder)]
     if (run.folder / "accelerate.yaml").exists():  # several processes: the same entry under `accelerate launch`
         entry = ["-m", "accelerate.commands.launch", "--config_file", str(run.folder / "accelerate.yaml"), *entry]
     with open(run.folder / "train.log", "a") as log:  # the child keeps its own copy of the handle
         child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=trainer_env())
+                                 start_new_session=True, env=trainer_env(owned))
     _children[run.id] = child
     (run.folder / "pid").write_text(str(child.pid))
     (run.folder / "error.txt").unlink(missing_ok=True)
@@ -163,7 +169,8 @@ def start(kind: str, pairs: str, model: str | None, overrides: dict, store: Stor
 
 
 def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: None, poll: float = 0.5) -> RunInfo:
-    """Wait for a run's process, reporting progress; Ctrl-C asks the trainer to stop cleanly."""
+    """Wait for a run's process, reporting progress. Ctrl-C (or SIGTERM, through `ipo_tui.stopping`)
+    asks the trainer to stop cleanly, waits for its checkpoint, and is raised again."""
     seen = 0
     try:
         while _alive(run):
@@ -175,6 +182,7 @@ def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: Non
         stop(run.id, store)
         while _alive(run):
             time.sleep(poll)
+        raise
     on_progress(progress(run.folder), read_metrics(run.folder)[seen:])
     return info(store, run.id)
 
@@ -191,11 +199,11 @@ def stop(run_id: str, store: Store) -> None:
     os.killpg(_pid(run), signal.SIGTERM)  # its own process group: every process of an accelerate launch
 
 
-def resume(run_id: str, store: Store) -> RunInfo:
+def resume(run_id: str, store: Store, owned: bool = False) -> RunInfo:
     run = info(store, run_id)
     if run.status in ("running", "completed"):
         raise IpoError(f"run {run_id} is {run.status}; only a stopped, failed or interrupted run resumes")
-    return launch(run, store)
+    return launch(run, store, owned)
 
 
 def forget(run: RunInfo, store: Store) -> None:
@@ -206,7 +214,8 @@ def forget(run: RunInfo, store: Store) -> None:
 
 def info(store: Store, run_id: str) -> RunInfo:
     row = store.run(run_id)
-    run = RunInfo(row["id"], row["kind"], row["status"], Path(row["folder"]), json.loads(row["config"]), row["created_at"])
+    folder = Path(row["folder"]) if row["folder"] else store.path.parent / "runs" / row["id"]  # where prepare puts it
+    run = RunInfo(row["id"], row["kind"], row["status"], folder, json.loads(row["config"]), row["created_at"])
     if run.status == "running" and not _alive(run):  # the process died without recording why
         store.set_run(run.id, "interrupted")
         return info(store, run_id)

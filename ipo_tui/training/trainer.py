@@ -22,7 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from ipo_tui import verbosity
+from ipo_tui import stopping, verbosity
+from ipo_tui.errors import IpoError
+from ipo_tui.workspace import locks
 from ipo_tui.workspace.store import Store
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -185,6 +187,7 @@ def train(folder: Path) -> str:
     """Train the run in `folder`; returns its final status (completed or stopped)."""
     spec = yaml.safe_load((folder / "config.yaml").read_text())
     stop = StopRequest()
+    stopping.stop_with_parent()  # an owned run: a SIGTERM, so a clean stop, once its parent is gone
     trainer = build_trainer(folder, spec, [_callback(folder, stop)])
     checkpoint = latest_checkpoint(folder)
     if checkpoint is not None:
@@ -202,7 +205,14 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[0]).resolve()
     spec = yaml.safe_load((folder / "config.yaml").read_text())
     # under `accelerate launch` every process runs this; the first one keeps the books
-    store = Store(Path(spec["workspace"])) if os.environ.get("RANK", "0") == "0" else None
+    first = os.environ.get("RANK", "0") == "0"
+    if first:  # a second trainer in the same folder would interleave steps and both write adapter/
+        try:
+            locks.acquire(locks.run_lock(folder), f"run {spec['id']}")
+        except IpoError as exc:
+            print(f"error: {exc}", flush=True)
+            return 1
+    store = Store(Path(spec["workspace"])) if first else None
     record = store.set_run if store else lambda run_id, status: None
     record(spec["id"], "running")
     try:
