@@ -42,14 +42,14 @@ def supervised(dirs: Path, *args: str) -> subprocess.Popen:
 def child_of(pid: int) -> int:
     """The worker the `ipo` command started (its one child)."""
     def children():
-        return open(f"/proc/{pid}/task/{pid}/children").read().split()
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     wait_for(lambda: children(), 60, "the worker")
     return int(children()[0])
 
 
 def gone(pid: int) -> bool:
     try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return True
     return state == "Z"  # a zombie has stopped; only its parent's wait is missing
