@@ -210,3 +210,34 @@ def test_a_loop_resumed_while_another_process_runs_it_is_refused(user_dirs, tmp_
         holder.stdin.close()
         holder.wait(timeout=30)
         store.close()
+
+
+def test_a_prompt_sets_generate_or_judge_while_another_process_runs_it_is_refused(tmp_path, llama_backend):
+    from ipo_tui.backends.base import Sampling
+    from ipo_tui.judge.scoring import Judge
+    from ipo_tui.loop import stages
+    from ipo_tui.workspace.store import Store
+
+    store = Store(tmp_path / "ws" / "workspace.sqlite")
+    store.add_prompt_set("fruits", "test", [{"text": "Name a fruit."}])
+    prompts = store.prompts("fruits")
+    policy = stages.policy_of(llama_backend)
+    try:
+        for stage, run in (("generate", lambda: stages.generate(store, llama_backend, policy, prompts, 1,
+                                                                  Sampling(1, 0.8, 0.95, 8, 0))),
+                           ("judge", lambda: stages.judge(store, Judge(llama_backend), policy, prompts))):
+            lock = locks.stage_lock(store.path, stage, prompts[0]["set_id"])
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                assert holder.stdout.readline().strip() == "held"
+                with pytest.raises(IpoError, match=rf"{stage} on prompt set 'fruits' is running already "
+                                                   rf"\(process {holder.pid}\)"):
+                    run()
+            finally:
+                holder.stdin.close()
+                holder.wait(timeout=30)
+            run()  # free again once the holder is gone
+    finally:
+        store.close()

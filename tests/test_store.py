@@ -1,7 +1,17 @@
-"""The workspace: migrations, all-or-nothing imports, curated pairs kept, exports."""
+"""The workspace: migrations, all-or-nothing imports, curated pairs kept, exports; opened at once by
+several processes, read-only, full, damaged or foreign."""
 
+import hashlib
 import json
+import multiprocessing
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +19,7 @@ from ipo_tui.errors import IpoError
 from ipo_tui.judge.scoring import Judgement
 from ipo_tui.loop.stages import Policy, build_pairs
 from ipo_tui.workspace.records import load_prompts, pair_records, write_records
-from ipo_tui.workspace.store import MIGRATIONS, Store
+from ipo_tui.workspace.store import MIGRATIONS, Store, _tables
 
 
 @pytest.fixture
@@ -193,3 +203,206 @@ def test_a_schema_1_workspace_keeps_its_curation(tmp_path):
     [pair] = store.pairs()
     assert pair["status"] == "accepted" and [r["curation"] for r in store.curation_counts()] == ["accept"]
     store.close()
+
+
+# --- opened at once, read-only, full, damaged, foreign ------------------------------------------------------
+
+_OPEN_WHEN_RELEASED = """
+import os, sys
+from ipo_tui.workspace.store import Store
+print("ready", flush=True)
+os.read(int(sys.argv[2]), 1)  # blocks until the test closes the pipe's other end: all start together
+Store(sys.argv[1]).close()
+"""
+
+
+def test_processes_opening_a_new_workspace_at_once_all_succeed(tmp_path):
+    path = tmp_path / "new.sqlite"
+    gate, release = os.pipe()
+    opens = [subprocess.Popen([sys.executable, "-c", _OPEN_WHEN_RELEASED, str(path), str(gate)], pass_fds=(gate,),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    os.close(gate)
+    try:
+        assert [p.stdout.readline() for p in opens] == ["ready\n"] * 6
+    finally:
+        os.close(release)
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in opens]
+    assert results == [(0, "")] * 6
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    assert tables == sorted(_tables(len(MIGRATIONS)))
+    db.close()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unprivileged(folder: Path, action):
+    """action() in a child process working in `folder`, which it may not write: root writes anything, so
+    a root child first becomes nobody. Returns what action returns, or (exception name, message)."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def child():
+        os.chdir(folder)
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+        except PermissionError as exc:
+            send.send(("skip", f"cannot become nobody to make a read-only file ({exc})"))
+            return
+        try:
+            send.send(action())
+        except Exception as exc:
+            send.send((type(exc).__name__, str(exc)))
+
+    process = ctx.Process(target=child)
+    process.start()
+    send.close()  # a child that dies without sending ends recv() with EOFError
+    result = receive.recv()
+    process.join()
+    if result[0] == "skip":
+        pytest.skip(result[1])
+    return result
+
+
+@pytest.fixture
+def read_only_folder():
+    """A folder for a test to make read-only, in the system's temp folder: tmp_path's parents are private to
+    the user, and a test run as root reads as nobody (sqlite opens a file by its absolute path)."""
+    folder = Path(tempfile.mkdtemp(prefix="ipo-read-only-"))
+    yield folder
+    folder.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+def _list_then_write():
+    store = Store(Path("ws.sqlite"))
+    names = [s["name"] for s in store.prompt_sets()]
+    try:
+        store.add_prompt("s", "another")
+    except IpoError as exc:
+        return names, store.read_only, str(exc)
+    return names, store.read_only, "the write went through"
+
+
+@pytest.mark.parametrize(("file_mode", "folder_mode"), [(0o444, 0o777), (0o666, 0o555), (0o444, 0o555)],
+                         ids=["file read-only", "folder read-only", "both read-only"])
+def test_a_read_only_workspace_lists_and_refuses_writes_in_one_line(read_only_folder, file_mode, folder_mode):
+    path = read_only_folder / "ws.sqlite"
+    store = Store(path)
+    store.add_prompt_set("s", "test", [{"text": "q"}])
+    store.close()
+    path.chmod(file_mode)
+    read_only_folder.chmod(folder_mode)
+    before = _digest(path)
+    names, read_only, error = _unprivileged(read_only_folder, _list_then_write)
+    assert (names, read_only) == (["s"], True)
+    assert error == ("ws.sqlite is read-only: this process may not write the file or its folder; "
+                     "copy it somewhere writable or pass another --workspace")
+    assert _digest(path) == before
+
+
+def _open():
+    Store(Path("ws.sqlite")).close()
+    return "opened"
+
+
+def test_a_read_only_workspace_of_an_older_schema_asks_to_be_opened_writable(read_only_folder):
+    path = read_only_folder / "ws.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + ";PRAGMA user_version=1;")
+    db.close()
+    read_only_folder.chmod(0o555)
+    before = _digest(path)
+    name, message = _unprivileged(read_only_folder, _open)
+    assert name == "IpoError" and message == (
+        f"ws.sqlite is read-only and its schema (1) is older than this ipo-tui's ({len(MIGRATIONS)}): "
+        "open it once where it can be written, so it is upgraded")
+    assert _digest(path) == before
+
+
+_WRITE_THEN_DIE = """
+import os, sys
+from ipo_tui.workspace.store import Store
+store = Store(sys.argv[1])
+store.db.execute("PRAGMA wal_autocheckpoint=0")
+store.add_prompt_set("s", "test", [{"text": "q"}])
+os._exit(0)  # killed: the prompt set is in the -wal only
+"""
+
+
+def test_a_read_only_folder_holding_unmerged_writes_says_so(read_only_folder):
+    path = read_only_folder / "ws.sqlite"
+    subprocess.run([sys.executable, "-c", _WRITE_THEN_DIE, str(path)], check=True)
+    Path(f"{path}-shm").unlink()  # a copy of the file and its -wal only, say: sqlite would have to make a -shm
+    read_only_folder.chmod(0o555)
+    name, message = _unprivileged(read_only_folder, _open)
+    assert name == "IpoError" and message == (
+        "ws.sqlite is read-only and its last writes are still in ws.sqlite-wal, which sqlite cannot read in a "
+        "read-only folder; open it once where it can be written")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_data(store):
+    store.add_prompt_set("kept", "test", [{"text": "q"}])
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages}")  # as full as a full disk: sqlite says SQLITE_FULL
+    with pytest.raises(IpoError, match=r"ws.sqlite: the disk is full; nothing of this write was stored \(earlier "
+                                       r"data is intact\); free space and run the command again$"):
+        store.add_prompt_set("big", "test", [{"text": "x" * 2000} for _ in range(50)])
+    assert not store.db.in_transaction
+    reopened = Store(store.path)
+    assert [(s["name"], s["prompts"]) for s in reopened.prompt_sets()] == [("kept", 1)]
+    reopened.close()
+
+
+def _workspace_with_prompts(path: Path) -> None:
+    store = Store(path)
+    store.add_prompt_set("s", "test", [{"text": f"prompt {i} " + "x" * 400} for i in range(2000)])
+    store.close()  # the last connection merges the -wal into the file
+
+
+def test_a_damaged_page_is_one_line_naming_the_recovery(tmp_path):
+    path = tmp_path / "ws.sqlite"
+    _workspace_with_prompts(path)
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    middle = len(data) // 2 // page_size * page_size  # the b-tree header of the page in the middle of the file
+    data[middle:middle + 8] = bytes(8)
+    path.write_bytes(data)
+    with closing(sqlite3.connect(path)) as db, pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        db.execute("SELECT SUM(LENGTH(text)) FROM prompts").fetchone()  # what a command met before
+    before = _digest(path)
+    with pytest.raises(IpoError, match=r"ws.sqlite is damaged \(.+\); recover what is left with `sqlite3 .+ws.sqlite "
+                                       r"\".recover\" \| sqlite3 .+ws-recovered.sqlite` .+, or restore a backup$"):
+        Store(path)
+    assert _digest(path) == before
+
+
+def test_a_missing_table_is_damage(tmp_path):
+    path = tmp_path / "ws.sqlite"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE judges")  # user_version stays
+    db.close()
+    before = _digest(path)
+    with pytest.raises(IpoError, match=r"ws.sqlite is damaged \(table judges missing\); recover what is left"):
+        Store(path)
+    assert _digest(path) == before
+
+
+@pytest.mark.parametrize("version", [0, 5])
+def test_a_foreign_database_is_refused_unchanged(tmp_path, version):
+    path = tmp_path / "notes.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(f"CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine'); PRAGMA user_version={version};")
+    db.close()
+    before = _digest(path)
+    with pytest.raises(IpoError, match=r"notes.sqlite is an SQLite database but not an ipo workspace \(its tables: "
+                                       r"notes\); nothing was changed; pass another --workspace$"):
+        Store(path)
+    assert _digest(path) == before and sorted(os.listdir(tmp_path)) == ["notes.sqlite"]

@@ -23,6 +23,7 @@ from ipo_tui.backends.base import (
     Sampling,
     common_length,
     plain_chat,
+    sample_seed,
 )
 from ipo_tui.backends.weights import ModelRef, materialize_gguf
 from ipo_tui.errors import IpoError
@@ -169,7 +170,7 @@ class HFBackend(Backend):
         (the weights are read once per step), so rows are nearly free up to `generate_rows`."""
         torch = self._torch
         first = requests[0][1]
-        prompts = [self.tokenize(self.render_chat(messages)) for messages, _ in requests]
+        prompts = [self.prompt_ids(messages, sampling.max_tokens) for messages, sampling in requests]
         rows = [ids for ids, (_, sampling) in zip(prompts, requests) for _ in range(sampling.n)]
         width = max(map(len, rows))
         input_ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
@@ -177,7 +178,7 @@ class HFBackend(Backend):
         for row, ids in enumerate(rows):
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             mask[row, width - len(ids):] = 1
-        torch.manual_seed(first.seed)
+        torch.manual_seed(sample_seed(first.seed))
         sample = first.temperature > 0
         with torch.inference_mode():
             output = self.model.generate(

@@ -28,7 +28,15 @@ import numpy as np
 
 from ipo_tui import config
 from ipo_tui.backends import llama_runtime
-from ipo_tui.backends.base import Backend, Capabilities, Sampling, common_length, log_normalizer, next_token_logprobs
+from ipo_tui.backends.base import (
+    Backend,
+    Capabilities,
+    Sampling,
+    common_length,
+    log_normalizer,
+    next_token_logprobs,
+    sample_seed,
+)
 from ipo_tui.backends.gguf_text import GGUFText
 from ipo_tui.backends.weights import (
     ModelRef,
@@ -148,15 +156,27 @@ class LlamaCppBackend(Backend):
             llm.eval(prefix[same:])
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
-        prompt = self.tokenize(self.render_chat(messages))
+        prompt = self.prompt_ids(messages, sampling.max_tokens)
         outputs = []
         for i in range(sampling.n):
+            self._hold_all_but_last(prompt)
             result = self._generator.create_completion(
                 prompt=prompt, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                top_p=sampling.top_p, seed=sampling.seed + i,
+                top_p=sampling.top_p, seed=sample_seed(sampling.seed, i),
             )
             outputs.append(result["choices"][0]["text"])
         return outputs
+
+    def _hold_all_but_last(self, prompt: list[int]) -> None:
+        """Leave the generator's KV cache holding all of `prompt` but its last token, which
+        create_completion then evaluates alone. Its logits come out the same whatever was cached
+        before (a batch of one token computes them differently from a longer batch), so a seed
+        draws the same sample in a fresh run, a resumed one and a repeated call."""
+        llm = self._generator
+        same = common_length(llm.input_ids[: llm.n_tokens].tolist(), prompt[:-1])
+        llm.n_tokens = same
+        if same < len(prompt) - 1:
+            llm.eval(prompt[same:-1])
 
     def close(self) -> None:
         self._finalizer()

@@ -2,10 +2,13 @@
 
 Generation goes through chat completions, one request per sample with seed `seed + i` (the seeds
 the local backends use, so a resumed run asks for the same samples; servers that ignore `n`,
-like llama-cpp-python's, need it anyway). Judging asks for one token at temperature 0 with the
-top logprobs of that first token (`first_token_logprobs`); the Judge matches the Yes/No spellings
-in them by text. A chat endpoint takes messages, not token ids, so this backend has no tokenizer:
-the server applies the model's chat template, and refuses a prompt that does not fit its context.
+like llama-cpp-python's, need it anyway). With no tokenizer here, a long prompt is fitted by
+characters: cut in the middle to what the server's context could hold (when it says its context),
+then, each time the server refuses it as too long for its context, to half that. Judging asks
+for one token at temperature 0 with the top logprobs of that first token (`first_token_logprobs`);
+the Judge matches the Yes/No spellings in them by text. A chat endpoint takes messages, not token
+ids, so this backend has no tokenizer: the server applies the model's chat template, and refuses
+a judging prompt that does not fit its context.
 
 Requests run on `concurrency` threads (that many in flight at most, across callers). Connection errors,
 timeouts, 429 and 5xx answers are retried with exponential backoff; when the retries are spent, or
@@ -20,7 +23,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from ipo_tui.backends.base import Backend, Capabilities, Sampling
+from ipo_tui.backends.base import (
+    CHARS_PER_TOKEN_MAX,
+    MIN_KEPT,
+    Backend,
+    Capabilities,
+    Sampling,
+    cut_chars,
+    cut_note,
+    gist,
+    prompt_room,
+    sample_seed,
+)
 from ipo_tui.backends.weights import ModelRef
 from ipo_tui.errors import IpoError
 
@@ -29,6 +43,8 @@ URL_VARIABLE = "IPO_BASE_URL"
 TOP_LOGPROBS = 20  # what OpenAI and vLLM (max_logprobs) allow by default
 _TRANSIENT = {408, 409, 425, 429}  # and every 5xx
 _NOT_IMPLEMENTED = 501  # a 5xx that retrying will not change
+# how vLLM, llama.cpp's server, llama-cpp-python's and OpenAI refuse a prompt too long for the context
+_CONTEXT_REFUSAL = re.compile(r"context (length|window|size)", re.IGNORECASE)
 
 
 class Refused(IpoError):
@@ -114,11 +130,30 @@ class ServerBackend(Backend):
         return self._map(one, conversations)
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
+        *head, last = messages
+        context = self.capabilities.context_length
+        # the prompt's room in tokens, as a bound on its characters (cut_chars); None: not cut yet
+        tokens = prompt_room(context, sampling.max_tokens) if context else None
+        while True:
+            fitted = [*head, {**last, "content": cut_chars(last["content"], tokens)}] if tokens else messages
+            try:
+                texts = self._samples(fitted, sampling)
+                break
+            except Refused as exc:
+                tokens = (tokens or len(last["content"]) // CHARS_PER_TOKEN_MAX) // 2
+                if exc.status != 400 or not _CONTEXT_REFUSAL.search(exc.detail) or tokens < MIN_KEPT:
+                    raise
+        if fitted[-1]["content"] != last["content"]:
+            self.on_note(cut_note(messages, f"{len(fitted[-1]['content']):,} characters", context, sampling.max_tokens))
+        return texts
+
+    def _samples(self, messages: list[dict[str, str]], sampling: Sampling) -> list[str]:
+        """`sampling.n` completions, one request each with its own seed."""
         def one(i: int, _):
-            seed = sampling.seed + i
+            seed = sample_seed(sampling.seed, i)
             body = {"model": self.model_name, "messages": messages, "n": 1, "temperature": sampling.temperature,
                     "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed}
-            what = f"sample {i + 1} of {sampling.n} (seed {seed}) for {_gist(messages)}"
+            what = f"sample {i + 1} of {sampling.n} (seed {seed}) for {gist(messages)}"
             message = self._choice(self._request("POST", "/chat/completions", body, what), what).get("message") or {}
             return message.get("content") or ""
 
@@ -259,13 +294,6 @@ def _pick(listed: list[dict], wanted: str | None, base_url: str) -> tuple[str, i
         served = ", ".join(ids) or "nothing"
         raise IpoError(f"{base_url} serves {served}: name the model with --model")
     return str(roots[0]["id"]), roots[0].get("max_model_len")
-
-
-def _gist(messages: list[dict[str, str]]) -> str:
-    """The last user message, shortened: enough to say which request failed."""
-    text = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-    text = _one_line(text)
-    return repr(text if len(text) <= 50 else text[:47] + "...")
 
 
 def _detail(response) -> str:

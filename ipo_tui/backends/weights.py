@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,19 +93,67 @@ def _state_path() -> Path:
     return config.data_dir() / "models.json"
 
 
-def _state() -> dict:
+def _read_state() -> tuple[dict, str | None]:
+    """The registry in models.json, and what is wrong with the file when it cannot be used (then
+    the registry is empty)."""
+    path, empty = _state_path(), {"registered": {}, "recent": []}
     try:
-        state = json.loads(_state_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        state = {}
-    return {"registered": dict(state.get("registered", {})), "recent": list(state.get("recent", []))}
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return empty, None
+    except json.JSONDecodeError as exc:
+        return empty, f"not valid JSON ({str(exc).rpartition(' (char')[0]})"
+    except (OSError, UnicodeDecodeError) as exc:
+        return empty, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if not isinstance(state, dict):
+        return empty, f"expected a JSON object with 'registered' and 'recent', got a {type(state).__name__}"
+    registered, recent = state.get("registered", {}), state.get("recent", [])
+    if not isinstance(registered, dict) or not all(isinstance(v, str) for v in registered.values()):
+        return empty, "'registered' must map each name to a path"
+    if not isinstance(recent, list) or not all(isinstance(v, str) for v in recent):
+        return empty, "'recent' must be a list of paths"
+    return {"registered": dict(registered), "recent": list(recent)}, None
+
+
+def _state() -> dict:
+    """The registry to read from; a damaged models.json reads as empty, with a warning on stderr."""
+    state, problem = _read_state()
+    if problem:
+        _warn_once(f"{_state_path()}: {problem}; the models registered in it are ignored until it is fixed")
+    return state
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One line on stderr, once per process (the registry is read many times per command). The
+    core prints its own warning here, as llama_server does: no face stands between `resolve` and
+    the file, and a warning must not stop a command that needs no registered model."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _writable_state() -> dict:
+    """The registry to change and save, refused while models.json is damaged.
+
+    A damaged file is never written over: the names in it would be lost with nothing said. Nor is
+    it moved aside for a fresh one: the user would then hold two registries to merge by hand, and
+    the old names would stop resolving for good. Refusing leaves one file to fix (often a single
+    edit: a truncated end), after which the same command does what it would have done."""
+    state, problem = _read_state()
+    if problem:
+        raise IpoError(f"{_state_path()}: {problem}; fix it (or move it away to start an empty registry), "
+                       "then run this again")
+    return state
 
 
 def _save_state(state: dict) -> None:
     path = _state_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
+    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -114,15 +163,15 @@ def registered() -> dict[str, str]:
 
 
 def register(name: str, spec: str) -> ModelRef:
+    state = _writable_state()  # before `resolve`, so that a damaged registry gives one line, not two
     ref = resolve(spec)
-    state = _state()
     state["registered"][name] = ref.location
     _save_state(state)
     return ModelRef(ref.kind, ref.location, name)
 
 
 def unregister(name: str) -> None:
-    state = _state()
+    state = _writable_state()
     if state["registered"].pop(name, None) is None:
         raise IpoError(f"no registered model named {name}; `ipo models` lists them")
     _save_state(state)
@@ -130,9 +179,9 @@ def unregister(name: str) -> None:
 
 def remember(ref: ModelRef) -> None:
     """Keep a model the user passed in the recent list (the embedded default needs no entry)."""
-    if ref.name == EMBEDDED_NAME or ref.location in _state()["registered"].values():
-        return
-    state = _state()
+    state, problem = _read_state()
+    if problem or ref.name == EMBEDDED_NAME or ref.location in state["registered"].values():
+        return  # a damaged models.json stays as it is (reading it warned); the recent list can wait
     recent = [loc for loc in state["recent"] if loc != ref.location]
     state["recent"] = [ref.location, *recent][:_RECENT_MAX]
     _save_state(state)

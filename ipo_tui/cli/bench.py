@@ -21,6 +21,7 @@ from ipo_tui.cli.common import (
     PrecisionOpt,
     ThreadsOpt,
     WorkspaceOpt,
+    cell,
     err,
     open_backend,
     open_store,
@@ -37,10 +38,10 @@ app = typer.Typer(help="Objective benchmarks of a policy: IFEval, GSM8K, judge a
 def bench(
     ctx: typer.Context,
     tasks: str = typer.Option("ifeval", "--tasks", "-t", help="Comma-separated: ifeval, gsm8k, judge."),
-    limit: int | None = typer.Option(None, "--limit", help="A fixed sample of N items of each task, spread over it (default: all)."),
-    max_tokens: int = typer.Option(512, "--max-tokens", help="Greedy answers stop here; results under another value are kept apart."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="A fixed sample of N items of each task, spread over it (default: all)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Greedy answers stop here; results under another value are kept apart."),
     pairs: str | None = typer.Option(None, "--pairs", help="judge task: a RewardBench-format pair file."),
-    pairs_limit: int | None = typer.Option(None, "--pairs-limit", help="judge task: a fixed sample of N pairs."),
+    pairs_limit: int | None = typer.Option(None, "--pairs-limit", min=1, help="judge task: a fixed sample of N pairs."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the figures."),
     backend: str = BackendOpt, model: str | None = ModelOpt, adapter: str | None = AdapterOpt,
     device: str | None = DeviceOpt, dtype: str | None = DtypeOpt, ctx_len: int | None = CtxOpt,
@@ -121,8 +122,8 @@ def bench_list(workspace: Path | None = WorkspaceOpt) -> None:
         lengths = ", ".join(f"{task} {v['mean_tokens']:.0f} tokens, {v['at_max_tokens']:.0%} at max"
                             for task, v in figures.items() if v.get("mean_tokens") is not None)
         s = json.loads(row["settings"])
-        table.add_row(row["id"], _policy_name(row), f"{s['backend']}, {s['decoding']}, max {s['max_tokens']}", text,
-                      lengths)
+        table.add_row(row["id"], _policy_name(row), f"{s['backend']}, {s['decoding']}, max {s['max_tokens']}",
+                      cell(text), cell(lengths))
     out.print(table)
 
 

@@ -1,15 +1,29 @@
-"""What every command group shares: the consoles, the common options, and opening a backend, a
-judge or the workspace. Command modules import this one; nothing here imports them."""
+"""What every command group shares: the consoles, the common options with their ranges, progress on
+stderr, the "–" of a missing value, and opening a backend, a judge or the workspace. Command modules
+import this one; nothing here imports them."""
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from ipo_tui.errors import IpoError
+from ipo_tui import stopping
+from ipo_tui.errors import IpoError, Stopped
 
 out = Console(soft_wrap=True)  # messages stay one line when piped; tables still fit the width
 err = Console(stderr=True, soft_wrap=True)
@@ -18,24 +32,30 @@ BackendOpt = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, server,
 ModelOpt = typer.Option(None, "--model", "-m", help="GGUF file, HF folder, HF id or registered name; default: the embedded SmolLM2-135M-Instruct.")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda when available).")
 DtypeOpt = typer.Option(None, "--dtype", help="hf: fp32, bf16 or fp16 (default: bf16 on a GPU that computes it, fp32 on CPU).")
-CtxOpt = typer.Option(None, "--ctx", help="Context length in tokens (default: the model's, at most 4096).")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cores).")
+# What the judge needs at least: a template (up to ~80 tokens in a chat format), 16 tokens of the
+# instruction and the reply's last 32 (judge/scoring.py cuts to those, never below).
+MIN_CTX = 128
+SEED_MAX = 2**31 - 1  # seeds reach llama.cpp, numpy and torch, which take 32-bit integers
+TEMPERATURE_MAX = 2.0  # the OpenAI API's bound, which servers enforce; beyond it a model samples noise
+CtxOpt = typer.Option(None, "--ctx", min=MIN_CTX, help="Context length in tokens (default: the model's, at most 4096).")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).")
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace SQLite file (default: workspace.sqlite in the user data dir).")
 PromptSetOpt = typer.Option(..., "--prompts", help="Name of an imported prompt set.")
-LimitOpt = typer.Option(None, "--limit", help="Only the first N prompts of the set.")
+LimitOpt = typer.Option(None, "--limit", min=1, help="Only the first N prompts of the set.")
 BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server that returns logprobs (vLLM, llama.cpp's server), e.g. http://127.0.0.1:8000/v1; implies --backend server. Key: $IPO_API_KEY or $OPENAI_API_KEY.")
-ConcurrencyOpt = typer.Option(4, "--concurrency", help="server: requests in flight at most.")
+ConcurrencyOpt = typer.Option(4, "--concurrency", min=1, help="server: requests in flight at most.")
 AdapterOpt = typer.Option(None, "--adapter", help="A trained LoRA adapter folder (e.g. runs/dpo-001/adapter) on top of the model.")
 PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for quantized models up to 400M parameters).")
 JudgeModeOpt = typer.Option(None, "--judge-mode", help="pointwise (p'yes of each reply) or pairwise (A or B, both orders; pair-only uses). Default: the config's, else pointwise.")
 RouterOpt = typer.Option(None, "--router", help="keyword or model (the model's own next-token choice among the categories). Default: the config's, else keyword.")
 CalibrateOpt = typer.Option(None, "--calibrate/--no-calibrate", help="Subtract a content-free reply's score, so that it scores p'yes 0.5: rankings stay, thresholds such as --min-margin mean the same across prompts. Default: the config's, else off.")
 PlainOpt = typer.Option(False, "--judge-plain", help="The paper's recipe: each category's own template alone, ignoring the settings saved for this model.")
-SampleN = typer.Option(4, "-n", help="Candidates per prompt.")
-TemperatureOpt = typer.Option(0.8, "--temperature")
-TopPOpt = typer.Option(0.95, "--top-p")
-MaxTokensOpt = typer.Option(256, "--max-tokens")
-SeedOpt = typer.Option(0, "--seed")
+SampleN = typer.Option(4, "-n", min=1, help="Candidates per prompt.")
+TemperatureOpt = typer.Option(0.8, "--temperature", min=0.0, max=TEMPERATURE_MAX, help="Sampling temperature (0: greedy).")
+TopPOpt = typer.Option(0.95, "--top-p", min=0.0, max=1.0, help="Nucleus sampling: draw from the likeliest tokens holding this much probability.")
+MaxTokensOpt = typer.Option(256, "--max-tokens", min=1, help="Tokens per answer at most.")
+SeedOpt = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Sampling seed.")
+MinMarginOpt = typer.Option(0.0, "--min-margin", min=0.0, max=1.0, help="Drop pairs whose p'yes margin is below this.")
 
 
 def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
@@ -50,9 +70,9 @@ def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=N
     if backend == "server" or (backend == "auto" and base_url):
         ref = weights.ModelRef("hub", model, model) if model else None  # a name the server lists
         with err.status(f"connecting to {base_url or 'the server'}") as status:
-            return backends.load("server", ref, base_url=base_url, concurrency=concurrency, device=device,
-                                 dtype=dtype, n_ctx=ctx, threads=threads, adapter=adapter,
-                                 on_status=lambda msg: status.update(msg))
+            return with_notes(backends.load("server", ref, base_url=base_url, concurrency=concurrency, device=device,
+                                            dtype=dtype, n_ctx=ctx, threads=threads, adapter=adapter,
+                                            on_status=lambda msg: status.update(msg)))
     ref = weights.resolve(model)
     name = backend if backend != "auto" else ("llamacpp" if ref.kind == "gguf" else "hf")
     options = {"score_precision": score_precision} if name == "llamacpp" else {}
@@ -62,7 +82,13 @@ def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=N
         loaded = backends.load(name, ref, device=device, dtype=dtype, n_ctx=ctx, threads=threads,
                                on_status=lambda msg: status.update(msg), **options)
     weights.remember(ref)
-    return loaded
+    return with_notes(loaded)
+
+
+def with_notes(engine):
+    """The engine's notes (a prompt cut to fit the context) as the CLI's note lines on stderr."""
+    engine.on_note = lambda note: err.print(f"[yellow]note:[/] {note}", highlight=False)
+    return engine
 
 
 def open_judge(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
@@ -82,29 +108,101 @@ def open_store(workspace: Path | None):
     return Store(workspace)
 
 
-def progress_bar(label: str, *columns, **fields):
-    """A rich progress bar on stderr (description, bar, count, `columns`, elapsed, remaining) and the
-    (done, total) callback that moves it; `fields` are the task's own, for the columns to show."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+PLAIN_EVERY = 5.0  # seconds between progress lines where stderr is not a terminal
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=err)
+
+def progress_bar(label: str, *columns, **fields):
+    """A progress display on stderr and the (done, total) callback that moves it: on a terminal, a
+    rich bar (description, bar, count, `columns`, elapsed, remaining); elsewhere (a log, a pipe),
+    `PlainProgress`'s lines. `fields` are the task's own, for the columns to show."""
+    kind = Progress if err.is_terminal else PlainProgress
+    bar = kind(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, TimeElapsedColumn(),
+               TimeRemainingColumn(), console=err)
     task = bar.add_task(label, total=None, **fields)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
 
+@contextmanager
+def says_when_stopped(what: str, kept: str = "what was finished is stored; run the same command to continue"):
+    """A stop signal inside becomes one line: `what` stopped (the signal), and what is `kept`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Stopped(f"{what} stopped ({stopping.REQUEST.name}); {kept}") from None
+
+
+@contextmanager
+def status(message: str):
+    """A step that reports no progress of its own: a spinner on a terminal, else `PlainProgress`'s lines."""
+    if err.is_terminal:
+        with err.status(message):
+            yield
+        return
+    with progress_bar(message)[0]:
+        yield
+
+
+class PlainProgress(Progress):
+    """Progress where stderr is not a terminal (a log, a pipe), which would keep every redraw: a
+    plain line per task every PLAIN_EVERY seconds while it runs (never one per item) and one when it
+    ends, so that a long phase is told from a hang. A phase that fails prints no last line: the
+    error's one line says what happened."""
+
+    def __init__(self, *columns, **options) -> None:
+        super().__init__(*columns, disable=True, **options)
+        self._ended = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+
+    def start(self) -> None:
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._ended.set()
+        self._ticker.join()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop()
+        if exc_type is None:
+            self._say()
+
+    def _tick(self) -> None:
+        while not self._ended.wait(PLAIN_EVERY):
+            self._say()
+
+    def _say(self) -> None:
+        for task in self.tasks:
+            self.console.print(plain_line(task), markup=False, highlight=False)
+
+
+def plain_line(task: Task) -> str:
+    """A task's state in words, for a log: label, done/total, its fields, elapsed, what remains."""
+    head = task.description
+    if task.total is not None:
+        head += f" {task.completed:.0f}/{task.total:.0f}"
+    elif task.completed:
+        head += f" {task.completed:.0f}"
+    parts = [head, *(str(value) for value in task.fields.values()),
+             f"{timedelta(seconds=int(task.elapsed or 0))} elapsed"]
+    if task.time_remaining is not None and not task.finished:
+        parts.append(f"about {timedelta(seconds=int(task.time_remaining))} left")
+    return ", ".join(parts)
+
+
+def cell(value, spec: str = "") -> str:
+    """A value as a table shows it, formatted by `spec`; "–" where there is none (NULL, empty), as
+    JSON says null: a pair edited with no model loaded has no scores and no category."""
+    return "–" if value is None or value == "" else format(value, spec)
+
+
 def sampling_settings(n: int, temperature: float, top_p: float, max_tokens: int, seed: int):
+    """Sampling settings, checked against the ranges the options above declare, for a command whose
+    options do not declare them."""
     from ipo_tui.backends import Sampling
 
-    if n < 1 or max_tokens < 1 or not 0 < top_p <= 1 or temperature < 0:
-        raise IpoError("sampling settings out of range: need -n >= 1, --max-tokens >= 1, 0 < --top-p <= 1, --temperature >= 0")
+    if (n < 1 or max_tokens < 1 or not 0 <= top_p <= 1 or not 0 <= temperature <= TEMPERATURE_MAX
+            or not 0 <= seed <= SEED_MAX):
+        raise IpoError(f"sampling settings out of range: need -n >= 1, --max-tokens >= 1, 0 <= --top-p <= 1, "
+                       f"0 <= --temperature <= {TEMPERATURE_MAX:g}, 0 <= --seed <= {SEED_MAX}")
     return Sampling(n, temperature, top_p, max_tokens, seed)
 
 
@@ -118,7 +216,8 @@ def judgement_table(instruction: str, ranked) -> Table:
     for rank, j in enumerate(ranked, 1):
         mass = f"[red]{j.mass:.3f}[/]" if j.low_mass else f"{j.mass:.3f}"
         preview = " ".join(j.response.split())
-        score, delta = ("missing", "") if j.missing else (f"{j.p_yes:.3f}", f"{j.p_yes - best:+.3f}")
-        table.add_row(str(rank), score, delta, mass, j.category, j.template,
+        score = None if j.missing else j.p_yes  # a server gave neither Yes nor No
+        delta = None if score is None else score - best
+        table.add_row(str(rank), cell(score, ".3f"), cell(delta, "+.3f"), mass, j.category, j.template,
                       preview[:60] + ("..." if len(preview) > 60 else ""))
     return table

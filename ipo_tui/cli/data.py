@@ -20,6 +20,7 @@ from ipo_tui.cli.common import (
     JudgeModeOpt,
     LimitOpt,
     MaxTokensOpt,
+    MinMarginOpt,
     ModelOpt,
     PlainOpt,
     PrecisionOpt,
@@ -31,12 +32,14 @@ from ipo_tui.cli.common import (
     ThreadsOpt,
     TopPOpt,
     WorkspaceOpt,
+    cell,
     err,
     open_backend,
     open_judge,
     open_store,
     out,
     progress_bar,
+    says_when_stopped,
     sampling_settings,
 )
 from ipo_tui.errors import IpoError
@@ -51,14 +54,17 @@ def prompts_import(
     name: str = typer.Option(..., "--name", help="Name of the new prompt set."),
     prompt_field: str = typer.Option("prompt", "--prompt-field"),
     category_field: str = typer.Option("category", "--category-field"),
+    keep_duplicates: bool = typer.Option(False, "--keep-duplicates", help="Keep records that repeat an earlier prompt's text or id (skipped, and listed, by default)."),
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Import prompts as a named set (all of them, or none if a record is bad)."""
-    from ipo_tui.workspace.records import load_prompts
+    from ipo_tui.workspace.records import read_prompts
 
-    prompts = load_prompts(source, prompt_field, category_field)
-    open_store(workspace).add_prompt_set(name, source, prompts)
-    out.print(f"imported {len(prompts)} prompts as {name!r}")
+    loaded = read_prompts(source, prompt_field, category_field, keep_duplicates=keep_duplicates)
+    open_store(workspace).add_prompt_set(name, source, loaded.prompts)
+    out.print(f"imported {len(loaded.prompts)} prompts as {name!r}")
+    if loaded.skipped:
+        err.print(f"[yellow]warning:[/] {loaded.skipped_summary()}; --keep-duplicates keeps them", highlight=False)
 
 
 @prompts_app.command("list")
@@ -66,7 +72,7 @@ def prompts_list(workspace: Path | None = WorkspaceOpt) -> None:
     """The prompt sets in the workspace."""
     table = Table("name", "prompts", "source", "imported")
     for row in open_store(workspace).prompt_sets():
-        table.add_row(row["name"], str(row["prompts"]), row["source"], row["created_at"])
+        table.add_row(row["name"], str(row["prompts"]), cell(row["source"]), row["created_at"])
     out.print(table)
 
 
@@ -74,13 +80,13 @@ def prompts_list(workspace: Path | None = WorkspaceOpt) -> None:
 def prompts_search(
     file: str = typer.Argument(..., help="Labelled pairs (RewardBench format)."),
     candidates: Path | None = typer.Option(None, "--candidates", help="YAML: {category: [{name, system?, user, polarity?}, ...]}; default: the built-in templates of each category."),
-    per_category: int = typer.Option(80, "--per-category", help="Pairs per category, spread evenly over the file (0: all)."),
-    holdout: int = typer.Option(0, "--holdout", help="Leave out the N-pair sample `ipo eval --limit N` takes, so that eval measures on pairs the search never saw."),
-    n_folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    per_category: int = typer.Option(80, "--per-category", min=0, help="Pairs per category, spread evenly over the file (0: all)."),
+    holdout: int = typer.Option(0, "--holdout", min=0, help="Leave out the N-pair sample `ipo eval --limit N` takes, so that eval measures on pairs the search never saw."),
+    n_folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
     pairwise: bool = typer.Option(True, "--pairwise/--no-pairwise", help="Also measure pairwise mode (two passes per pair)."),
     reply_pmi: bool = typer.Option(True, "--reply-pmi/--no-reply-pmi", help="Also measure each reply's PMI with its instruction (two passes per reply)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Keep the chosen setting per category for this model in the config."),
-    as_json: bool = typer.Option(False, "--json", help="Also print the results as one JSON line."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON line of the results; the tables go to stderr then."),
     backend: str = BackendOpt, model: str | None = ModelOpt, device: str | None = DeviceOpt,
     dtype: str | None = DtypeOpt, ctx: int | None = CtxOpt, threads: int | None = ThreadsOpt,
     score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
@@ -92,86 +98,133 @@ def prompts_search(
     instruction and weights fitted to the pairs, each reported against the plain recipe."""
     import json
 
-    import numpy as np
-
-    from ipo_tui.config import cache_dir, config_path, load_config, save_config
+    from ipo_tui.config import load_config
     from ipo_tui.evaluation import search
-    from ipo_tui.evaluation.pairwise import load_pairs
     from ipo_tui.evaluation.stats import wilson
-    from ipo_tui.judge.pairwise import PairwiseJudge
-    from ipo_tui.judge.settings import save_for_model
-    from ipo_tui.judge.templates import POOL
 
     custom = _candidate_templates(candidates) if candidates else {}
+    groups = _search_groups(file, custom, holdout, per_category)
+    config = load_config()
+    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config, adapter, base_url,
+                       concurrency)
+    judge.templates.update({t.name: t for ts in custom.values() for t in ts})
+    shown = err if as_json else out  # under --json, stdout holds the JSON line alone
+    found, chosen = _measure_techniques(judge, groups, custom, n_folds, pairwise, reply_pmi)
+    shown.print(_techniques_table(found, f"judge techniques on {file} ({judge.backend.ref.name})"))
+    routing = _router_accuracy(judge, groups)
+    rates = {name: right / n if n else None for name, (right, n) in routing.items()}
+    if routing:
+        shown.print("router accuracy against the file's categories: " + ", ".join(
+            f"{name} {cell(rates[name], '.3f')} ({right}/{n})" for name, (right, n) in routing.items()))
+    cv = [next(t for t in techniques if t.name == search.SEARCH) for techniques in found.values()]
+    right, total = sum(t.right for t in cv), sum(t.n for t in cv)
+    low, high = wilson(right, total)
+    shown.print(f"cross-validated accuracy of the search over {total} pairs: {right / total:.3f} "
+                f"(95% {low:.2f}-{high:.2f}); the overall figure weights categories by their pairs here, not as the "
+                "eval file does")
+    if save:
+        _save_search(config, judge.backend.ref.name, chosen, custom, shown)
+    if as_json:
+        report = {c: [{"technique": t.name, "accuracy": t.right / t.n, "interval95": wilson(t.right, t.n),
+                       "pairs": t.n, "note": t.note} for t in techniques] for c, techniques in found.items()}
+        print(json.dumps({"model": judge.backend.ref.name, "cross_validated": right / total, "pairs": total,
+                          "routers": rates, "techniques": report,
+                          "chosen": {c: s.describe() for c, s in chosen.items()}}))
+
+
+def _search_groups(file: str, custom: dict, holdout: int, per_category: int) -> dict[str, list[dict]]:
+    """The file's pairs by category: less the --holdout sample, only the categories with --candidates
+    when given, at most --per-category of each, spread over the file."""
+    from ipo_tui.evaluation import search
+    from ipo_tui.evaluation.pairwise import load_pairs
+    from ipo_tui.evaluation.stats import spread
+
     pairs = load_pairs(file)
     if holdout:
         held = {search.pair_key(r) for r in load_pairs(file, holdout)}
         pairs = [r for r in pairs if search.pair_key(r) not in held]
+        if not pairs:
+            raise IpoError(f"--holdout {holdout} leaves none of the pairs of {file}; hold out fewer")
     groups = search.by_category(pairs)
     if custom:
         missing = sorted(set(custom) - set(groups))
         if missing:
             raise IpoError(f"no pairs of category {missing[0]!r} in {file}; its candidate templates cannot be compared")
         groups = {c: groups[c] for c in custom}
-    if per_category:
-        groups = {c: [rows[i * len(rows) // per_category] for i in range(per_category)] if len(rows) > per_category else rows
-                  for c, rows in groups.items()}
-    config = load_config()
-    judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, config, adapter, base_url,
-                       concurrency)
-    judge.templates.update({t.name: t for ts in custom.values() for t in ts})
-    pairwise_judge = PairwiseJudge(judge.backend) if pairwise and not judge.backend.scores_by_text else None
+    return {c: spread(rows, per_category) for c, rows in groups.items()}
+
+
+def _measure_techniques(judge, groups: dict, custom: dict, n_folds: int, pairwise: bool, reply_pmi: bool):
+    """Per category, each technique's accuracy ({category: [Technique]}) and the setting the search
+    chooses on all its pairs ({category: CategorySetting}); each phase shows its progress."""
+    import numpy as np
+
+    from ipo_tui.config import cache_dir
+    from ipo_tui.evaluation import search
+    from ipo_tui.judge.pairwise import PairwiseJudge
+    from ipo_tui.judge.templates import POOL
+
+    by_text = judge.backend.scores_by_text  # such a backend (a server) measures neither verdicts nor reply PMI
+    pairwise_judge = PairwiseJudge(judge.backend) if pairwise and not by_text else None
     folder = cache_dir() / "judge-features"
-    table = Table("category", "technique", "accuracy", "95% interval", "pairs", "note",
-                  title=f"judge techniques on {file} ({judge.backend.ref.name})", title_justify="left")
-    for column in table.columns[1:5]:
-        column.no_wrap = True
-    report, chosen = {}, {}
+    found, chosen = {}, {}
     for category, rows in groups.items():
         templates = custom.get(category) or [judge.named(n) for n in POOL.get(category, (category,))]
         bar, progress = progress_bar(f"measuring {category} ({len(templates)} templates)")
         with bar:
-            features = search.extract(judge, rows, templates, folder, pairwise_judge,
-                                      reply_pmi and not judge.backend.scores_by_text, progress)
-        chosen[category] = search.choose(features, np.arange(features.n))
-        found = search.techniques(features, chosen[category], n_folds)
-        report[category] = [{"technique": t.name, "accuracy": t.right / t.n, "interval95": wilson(t.right, t.n),
-                             "pairs": t.n, "note": t.note} for t in found]
-        for i, t in enumerate(found):
+            features = search.extract(judge, rows, templates, folder, pairwise_judge, reply_pmi and not by_text,
+                                      progress)
+        bar, progress = progress_bar(f"cross-validating {category} ({n_folds} folds)")
+        with bar:
+            chosen[category] = search.choose(features, np.arange(features.n))
+            found[category] = search.techniques(features, chosen[category], n_folds, progress)
+    return found, chosen
+
+
+def _techniques_table(found: dict, title: str) -> Table:
+    from ipo_tui.evaluation import search
+    from ipo_tui.evaluation.stats import wilson
+
+    table = Table("category", "technique", "accuracy", "95% interval", "pairs", "note", title=title,
+                  title_justify="left")
+    for column in table.columns[1:5]:
+        column.no_wrap = True
+    for category, techniques in found.items():
+        for i, t in enumerate(techniques):
             low, high = wilson(t.right, t.n)
             name = f"[bold]{t.name}[/]" if t.name == search.SEARCH else t.name
-            table.add_row(category if i == 0 else "", name, f"{t.right / t.n:.3f}", f"{low:.2f}-{high:.2f}", str(t.n), t.note)
-    out.print(table)
-    routing = {}
-    if not judge.backend.scores_by_text:
-        from ipo_tui.judge.model_router import ModelRouter
-        from ipo_tui.judge.routing import route
+            table.add_row(category if i == 0 else "", name, f"{t.right / t.n:.3f}", f"{low:.2f}-{high:.2f}", str(t.n),
+                          t.note)
+    return table
 
-        bar, progress = progress_bar("routing the prompts")
-        with bar:
-            routing = search.router_accuracy([r for rows in groups.values() for r in rows],
-                                             {"keyword": route, "model": ModelRouter(judge.backend).route}, progress)
-        out.print("router accuracy against the file's categories: " + ", ".join(
-            f"{name} {right / n:.3f} ({right}/{n})" for name, (right, n) in routing.items()))
-    cv = {c: next(r for r in rows if r["technique"] == search.SEARCH) for c, rows in report.items()}
-    right, total = sum(round(r["accuracy"] * r["pairs"]) for r in cv.values()), sum(r["pairs"] for r in cv.values())
-    out.print(f"cross-validated accuracy of the search over {total} pairs: {right / total:.3f} "
-              f"(95% {wilson(right, total)[0]:.2f}-{wilson(right, total)[1]:.2f}); "
-              f"the overall figure weights categories by their pairs here, not as the eval file does")
-    if save:
-        name = judge.backend.ref.name
-        config = save_for_model(config, name, chosen)
-        for ts in custom.values():
-            config.setdefault("templates", {}).update(
-                {t.name: {"system": t.system, "user": t.user, "polarity": t.polarity} for t in ts})
-        save_config(config)
-        out.print(f"saved the chosen setting per category for {name} to {config_path()}:")
-        for category, setting in chosen.items():
-            out.print(f"  {category}: {setting.describe()}")
-    if as_json:
-        print(json.dumps({"model": judge.backend.ref.name, "cross_validated": right / total, "pairs": total,
-                          "routers": {k: right_n[0] / right_n[1] for k, right_n in routing.items()},
-                          "techniques": report, "chosen": {c: s.describe() for c, s in chosen.items()}}))
+
+def _router_accuracy(judge, groups: dict) -> dict[str, tuple[int, int]]:
+    """{router: (prompts routed to their labelled category, labelled prompts)}; none for a server's text scores."""
+    if judge.backend.scores_by_text:
+        return {}
+    from ipo_tui.evaluation import search
+    from ipo_tui.judge.model_router import ModelRouter
+    from ipo_tui.judge.routing import route
+
+    bar, progress = progress_bar("routing the prompts")
+    with bar:
+        return search.router_accuracy([r for rows in groups.values() for r in rows],
+                                      {"keyword": route, "model": ModelRouter(judge.backend).route}, progress)
+
+
+def _save_search(config: dict, model: str, chosen: dict, custom: dict, shown) -> None:
+    """Keep the chosen settings for `model`, and the candidate templates they name, in the config."""
+    from ipo_tui.config import config_path, save_config
+    from ipo_tui.judge.settings import save_for_model
+
+    config = save_for_model(config, model, chosen)
+    for ts in custom.values():
+        config.setdefault("templates", {}).update(
+            {t.name: {"system": t.system, "user": t.user, "polarity": t.polarity} for t in ts})
+    save_config(config)
+    shown.print(f"saved the chosen setting per category for {model} to {config_path()}:")
+    for category, setting in chosen.items():
+        shown.print(f"  {category}: {setting.describe()}")
 
 
 def _candidate_templates(path: Path) -> dict[str, list]:
@@ -213,7 +266,8 @@ def generate(
     engine = open_backend(backend, model, device, dtype, ctx, threads, adapter=adapter, base_url=base_url,
                           concurrency=concurrency)
     bar, progress = progress_bar("generating")
-    with bar:
+    with says_when_stopped("generate", "each prompt's candidates are stored as they come; run the same "
+                                       "command to continue with the next prompt"), bar:
         added = stages.generate(store, engine, stages.policy_of(engine), rows, n, sampling, progress)
     out.print(f"{added} new candidates for {len(rows)} prompts ({len(rows) * n - added} were stored already)")
 
@@ -237,7 +291,8 @@ def judge(
                        flags={"router": router, "plain": plain, "calibrate": calibrate})
     err.print(engine.summary(), highlight=False)
     bar, progress = progress_bar("judging")
-    with bar:
+    with says_when_stopped("judge", "each prompt's judgements are stored as they come; run the same command "
+                                    "to continue with the next prompt"), bar:
         scored = stages.judge(store, engine, stages.policy_of(engine.backend), rows, category, progress)
     out.print(f"judged {scored} candidates")
     if engine.missing:
@@ -247,8 +302,7 @@ def judge(
 
 @pairs_app.command("build")
 def pairs_build(
-    prompts: str = PromptSetOpt, n: int = SampleN, limit: int | None = LimitOpt,
-    min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
+    prompts: str = PromptSetOpt, n: int = SampleN, limit: int | None = LimitOpt, min_margin: float = MinMarginOpt,
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
     judge_mode: str | None = JudgeModeOpt, router: str | None = RouterOpt, plain: bool = PlainOpt,
     calibrate: bool | None = CalibrateOpt,
@@ -276,7 +330,7 @@ def pairs_build(
     for label, step in (("generating", lambda p: stages.generate(store, engine.backend, policy, rows, n, sampling, p)),
                         ("judging", lambda p: stages.judge(store, engine, policy, rows, None, p))):
         bar, progress = progress_bar(label)
-        with bar:
+        with says_when_stopped("pairs build"), bar:
             step(progress)
     report = stages.build_pairs(store, engine.id, policy, rows, min_margin, pairwise)
     out.print(f"{report.proposed} pairs proposed; dropped {report.too_close} below the margin or tied, "
@@ -295,8 +349,8 @@ def pairs_list(
 
     table = Table("id", "status", "margin", "chosen p'yes", "rejected p'yes", "category", "prompt")
     for r in open_store(workspace).pairs(tuple(status) or PAIR_STATUSES):
-        table.add_row(str(r["id"]), r["status"], f"{r['margin']:.3f}", f"{r['score_chosen']:.3f}",
-                      f"{r['score_rejected']:.3f}", r["category"] or "", " ".join(r["prompt"].split())[:60])
+        table.add_row(str(r["id"]), r["status"], cell(r["margin"], ".3f"), cell(r["score_chosen"], ".3f"),
+                      cell(r["score_rejected"], ".3f"), cell(r["category"]), " ".join(r["prompt"].split())[:60])
     out.print(table)
 
 
@@ -327,8 +381,8 @@ def pairs_stats(
                   title="the person as a check on the judge", title_justify="left")
     for a in rows:
         low, high = a.interval95
-        table.add_row(a.judge.rsplit("/", 1)[-1], a.settings, a.category,
-                      f"{a.rate:.3f}" if a.rate is not None else "–", f"{low:.2f}–{high:.2f}" if a.checked else "",
+        table.add_row(a.judge.rsplit("/", 1)[-1], a.settings, cell(a.category), cell(a.rate, ".3f"),
+                      cell(f"{low:.2f}–{high:.2f}" if a.checked else None),
                       str(a.accept), str(a.swap), str(a.reject), str(a.edit))
     out.print(table)
 
@@ -349,7 +403,7 @@ def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> N
 @pairs_app.command("accept")
 def pairs_accept(
     ids: list[int] = typer.Argument(None, help="Pair ids."),
-    min_margin: float | None = typer.Option(None, "--min-margin", help="Also every proposed pair with at least this margin."),
+    min_margin: float | None = typer.Option(None, "--min-margin", min=0.0, max=1.0, help="Also every proposed pair with at least this margin."),
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Accept pairs for training (`ipo train dpo --pairs accepted`)."""

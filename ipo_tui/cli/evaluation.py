@@ -32,6 +32,7 @@ from ipo_tui.cli.common import (
     out,
     progress_bar,
     sampling_settings,
+    status,
 )
 from ipo_tui.errors import IpoError
 
@@ -39,7 +40,7 @@ from ipo_tui.errors import IpoError
 def eval_pairs(
     file: str = typer.Argument(..., help="RewardBench-format pairs: prompt, chosen, rejected, subset, category?"),
     judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 1-5 score)."),
-    limit: int | None = typer.Option(None, "--limit", help="A fixed sample of N pairs spread over the file."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="A fixed sample of N pairs spread over the file."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
     judge_mode: str | None = JudgeModeOpt, router: str | None = RouterOpt, plain: bool = PlainOpt,
     backend: str = BackendOpt, model: str | None = ModelOpt, device: str | None = DeviceOpt,
@@ -85,7 +86,7 @@ def eval_pairs(
 
 
 def bestofn(
-    prompt: str = typer.Option(..., "--prompt", "-p"), n: int = typer.Option(8, "-n"),
+    prompt: str = typer.Option(..., "--prompt", "-p"), n: int = typer.Option(8, "-n", min=1, help="Answers to sample."),
     category: str | None = typer.Option(None, "--category", "-c"),
     temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
     as_json: bool = typer.Option(False, "--json"),
@@ -103,7 +104,7 @@ def bestofn(
     sampling = sampling_settings(n, temperature, top_p, max_tokens, seed)
     judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
                        base_url=base_url, concurrency=concurrency, flags={"router": router, "plain": plain})
-    with err.status(f"sampling {n} answers and judging them"):
+    with status(f"sampling {n} answers and judging them"):
         ranked = best_of_n(judge, prompt, sampling, category)
     if as_json:
         for rank, j in enumerate(ranked, 1):

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ipo_tui.cli.common import err, out
+from ipo_tui.cli.common import out, status
 
 app = typer.Typer(help="Export trained adapters.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
@@ -30,7 +30,7 @@ def gguf_lora(
     from ipo_tui.backends import weights
     from ipo_tui.training.export import peft_to_gguf_lora
 
-    with err.status(f"converting {adapter_dir}"):
+    with status(f"converting {adapter_dir}"):
         written = peft_to_gguf_lora(adapter_dir, out_file, weights.resolve(base) if base else None)
     out.print(f"wrote {written} ({_size(written.stat().st_size)})")
 
@@ -43,7 +43,7 @@ def merge(
     """Fold a LoRA adapter into its base model and save a full checkpoint (model and tokenizer)."""
     from ipo_tui.training.export import merge as merge_adapter
 
-    with err.status(f"merging {adapter_dir} into its base model"):
+    with status(f"merging {adapter_dir} into its base model"):
         written = merge_adapter(adapter_dir, out_dir)
     total = sum(f.stat().st_size for f in written.iterdir() if f.is_file())
     out.print(f"wrote {written} ({_size(total)})")

@@ -23,10 +23,12 @@ from ipo_tui.cli.common import (
     PrecisionOpt,
     RouterOpt,
     ThreadsOpt,
+    cell,
     err,
     judgement_table,
     open_judge,
     out,
+    progress_bar,
 )
 from ipo_tui.errors import IpoError
 
@@ -47,7 +49,6 @@ def score(
     base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
     """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
-    from ipo_tui.judge.scoring import ranked as rank_judgements
     from ipo_tui.workspace.candidates import Candidate, read_candidates
 
     candidates = [Candidate(prompt or "", r) for r in response]
@@ -67,23 +68,36 @@ def score(
     groups: dict[tuple[str, str | None], list[str]] = {}
     for c in candidates:
         groups.setdefault((c.prompt, c.category or category), []).append(c.response)
-    for (instruction, cat), responses in groups.items():
-        judgements = judge.score(instruction, responses, cat)
-        for j in judgements:
-            if j.truncated:
-                err.print(f"[yellow]note:[/] {j.truncated}", highlight=False)
-        if any(j.low_mass for j in judgements):
-            err.print(f"[yellow]warning:[/] p(Yes)+p(No) is below {judge.min_mass} for some candidates: "
-                      "the model is not answering Yes/No under this template, so those scores mean little")
-        if any(j.missing for j in judgements):
-            err.print("[yellow]warning:[/] neither Yes nor No was among the server's top logprobs for some "
-                      "candidates: they have no score")
-        ranked = rank_judgements(judgements)
-        if as_json:
-            for rank, j in enumerate(ranked, 1):
-                print(json.dumps({"rank": rank, "prompt": instruction, **j.as_dict()}, ensure_ascii=False))
-        else:
-            out.print(judgement_table(instruction, ranked))
+    scored, done = [], 0
+    bar, progress = progress_bar("scoring")
+    with bar:  # results print after it: a live bar on a terminal would take stdout's lines to stderr
+        for (instruction, cat), responses in groups.items():
+            scored.append((instruction, judge.score(instruction, responses, cat)))
+            done += len(responses)
+            progress(done, len(candidates))
+    for instruction, judgements in scored:
+        _show(judge, instruction, judgements, as_json)
+
+
+def _show(judge, instruction: str, judgements: list, as_json: bool) -> None:
+    """One instruction's candidates ranked (a table, or a JSON line each), after notes and warnings on stderr."""
+    from ipo_tui.judge.scoring import ranked as rank_judgements
+
+    for j in judgements:
+        if j.truncated:
+            err.print(f"[yellow]note:[/] {j.truncated}", highlight=False)
+    if any(j.low_mass for j in judgements):
+        err.print(f"[yellow]warning:[/] p(Yes)+p(No) is below {judge.min_mass} for some candidates: "
+                  "the model is not answering Yes/No under this template, so those scores mean little")
+    if any(j.missing for j in judgements):
+        err.print("[yellow]warning:[/] neither Yes nor No was among the server's top logprobs for some "
+                  "candidates: they have no score")
+    ranked = rank_judgements(judgements)
+    if as_json:
+        for rank, j in enumerate(ranked, 1):
+            print(json.dumps({"rank": rank, "prompt": instruction, **j.as_dict()}, ensure_ascii=False))
+    else:
+        out.print(judgement_table(instruction, ranked))
 
 
 @models_app.callback()
@@ -98,11 +112,11 @@ def models_list(ctx: typer.Context) -> None:
         table.add_column(col, overflow="fold")
     for ref in weights.known():
         if ref.kind == "missing":
-            table.add_row(ref.name, "[red]missing[/]", "", "", "", ref.location)
+            table.add_row(ref.name, "[red]missing[/]", cell(None), cell(None), cell(None), ref.location)
             continue
         i = weights.info(ref)
-        size = f"{i.size_bytes / 1e6:,.0f} MB" if i.size_bytes else ""
-        table.add_row(ref.name, ref.kind, size, i.architecture or "", str(i.context_length or ""), ref.location)
+        size = f"{i.size_bytes / 1e6:,.0f} MB" if i.size_bytes else None
+        table.add_row(ref.name, ref.kind, cell(size), cell(i.architecture), cell(i.context_length), ref.location)
     out.print(table)
 
 

@@ -10,15 +10,23 @@ from rich.table import Table
 from ipo_tui.cli.common import (
     BaseUrlOpt,
     ConcurrencyOpt,
+    LimitOpt,
+    MaxTokensOpt,
+    MinMarginOpt,
     ModelOpt,
     PlainOpt,
     RouterOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TopPOpt,
     WorkspaceOpt,
+    cell,
     err,
     open_store,
     out,
     progress_bar,
     sampling_settings,
+    says_when_stopped,
 )
 from ipo_tui import stopping
 from ipo_tui.errors import IpoError, Stopped
@@ -29,7 +37,7 @@ train_app = typer.Typer(help="LoRA training runs: dpo, sft, resume, stop.", no_a
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML of training settings (see `ipo train defaults`).")
 SetOpt = typer.Option(None, "--set", help="One setting, KEY=VALUE (repeatable), over --config: --set learning_rate=1e-4.")
 LauncherOpt = typer.Option("local", "--launcher", help="local (one process) or accelerate (`accelerate launch`, several GPUs or CPU processes).")
-ProcessesOpt = typer.Option(None, "--processes", help="With --launcher accelerate: processes, one per GPU (default: every GPU; 2 on a CPU).")
+ProcessesOpt = typer.Option(None, "--processes", min=1, help="With --launcher accelerate: processes, one per GPU (default: every GPU; 2 on a CPU).")
 StrategyOpt = typer.Option("ddp", "--strategy", help="With --launcher accelerate: ddp, fsdp or deepspeed (ZeRO-2, where installed).")
 TrainDtypeOpt = typer.Option(None, "--dtype", help="Training precision: auto (bf16 where the CPU or GPU computes it natively, else fp32), fp32, bf16 or fp16; over the config's dtype.")
 DetachOpt = typer.Option(False, "--detach", "-d", help="Start the run and return; follow it in the app or with `ipo runs`.")
@@ -179,8 +187,8 @@ def runs(run_id: str | None = typer.Argument(None, help="Show one run in detail.
         out.print(f"{run.id}  {run.kind}  {run.status}  {run.folder}")
         table = Table("step", "loss", "margin", "accuracy", "lr", "elapsed s")
         for m in metrics[-20:]:
-            table.add_row(str(m["step"]), f"{m['loss']:.4f}", _fmt(m.get("rewards/margins")),
-                          _fmt(m.get("rewards/accuracies")), f"{m.get('learning_rate', 0):.2e}", f"{m['elapsed_s']:.0f}")
+            table.add_row(str(m["step"]), f"{m['loss']:.4f}", cell(m.get("rewards/margins"), ".3f"),
+                          cell(m.get("rewards/accuracies"), ".3f"), f"{m.get('learning_rate', 0):.2e}", f"{m['elapsed_s']:.0f}")
         out.print(table)
         return
     table = Table("run", "kind", "status", "examples", "step", "loss", "margin", "adapter", "started")
@@ -189,33 +197,28 @@ def runs(run_id: str | None = typer.Argument(None, help="Show one run in detail.
         last = metrics[-1] if metrics else {}
         step = f"{last['step']}/{last['max_steps']}" if last else ""
         table.add_row(run.id, run.kind, run.status, str(run.config.get("examples", "")), step,
-                      _fmt(last.get("loss")), _fmt(last.get("rewards/margins")), "yes" if run.adapter else "",
+                      cell(last.get("loss"), ".3f"), cell(last.get("rewards/margins"), ".3f"), "yes" if run.adapter else "",
                       run.created_at)
     out.print(table)
 
 
-def _fmt(value) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
 def loop(
     prompts: str | None = typer.Option(None, "--prompts", help="Name of an imported prompt set (a new loop)."),
-    iterations: int = typer.Option(1, "--iterations", "-k", help="Adapters to train, one per iteration."),
-    n: int = typer.Option(4, "-n", help="Candidates per prompt."),
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N prompts of the set."),
+    iterations: int = typer.Option(1, "--iterations", "-k", min=1, help="Adapters to train, one per iteration."),
+    n: int = typer.Option(4, "-n", min=2, help="Candidates per prompt (two at least, to make a pair)."),
+    limit: int | None = LimitOpt,
     resume_id: str | None = typer.Option(None, "--resume", help="Continue this loop where it stopped."),
-    min_margin: float = typer.Option(0.0, "--min-margin", help="Drop pairs whose p'yes margin is below this."),
-    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the prompts kept out of training to measure each new policy."),
+    min_margin: float = MinMarginOpt,
+    holdout: float = typer.Option(0.1, "--holdout", min=0.0, help="Fraction of the prompts kept out of training to measure each new policy."),
     eval_file: str | None = typer.Option(None, "--eval-file", help="A labelled pair file: policy 0 and each new policy are benchmarked on their p'yes accuracy there (the judge task)."),
-    eval_limit: int = typer.Option(64, "--eval-limit", help="A fixed sample of N pairs of --eval-file."),
+    eval_limit: int = typer.Option(64, "--eval-limit", min=1, help="A fixed sample of N pairs of --eval-file."),
     pairs_by: str = typer.Option("ipo", "--pairs-by", help="How chosen and rejected are picked among the candidates: ipo (the policy's p'yes), or a control: random, longer, self-reward (its 1-5 rating), judge:MODEL (another model's p'yes)."),
     bench: str | None = typer.Option(None, "--bench", help="Benchmark policy 0 and every new policy: ifeval, gsm8k, judge (comma-separated; judge uses --eval-file, which implies it)."),
-    bench_limit: int | None = typer.Option(None, "--bench-limit", help="A fixed sample of N items of each benchmark task (default: all)."),
-    bench_max_tokens: int = typer.Option(512, "--bench-max-tokens", help="Greedy benchmark answers stop here."),
-    temperature: float = typer.Option(0.8, "--temperature"), top_p: float = typer.Option(0.95, "--top-p"),
-    max_tokens: int = typer.Option(256, "--max-tokens"), seed: int = typer.Option(0, "--seed"),
+    bench_limit: int | None = typer.Option(None, "--bench-limit", min=1, help="A fixed sample of N items of each benchmark task (default: all)."),
+    bench_max_tokens: int = typer.Option(512, "--bench-max-tokens", min=1, help="Greedy benchmark answers stop here."),
+    temperature: float = TemperatureOpt, top_p: float = TopPOpt, max_tokens: int = MaxTokensOpt, seed: int = SeedOpt,
     backend: str = typer.Option("auto", "--backend", "-b", help="Engine that samples and judges: hf, llamacpp, server, or auto (server with --base-url, llamacpp for GGUF files)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for sampling and judging (default: all cores)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for sampling and judging (default: all cores)."),
     base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
     served_model: str | None = typer.Option(None, "--served-model", help="server: the served model of the policy the loop needs (default: the one the server lists)."),
     model: str | None = typer.Option(None, "--model", "-m", help="The model to train: a GGUF file, an HF folder or id (default: the embedded SmolLM2-135M-Instruct). With a server, the local copy of the weights it serves."),
@@ -259,12 +262,9 @@ def loop(
                    description=f"training{stats}")
 
     stop = stopping.REQUEST  # a stop lost in a finalizer is raised again at the next step
-    try:
-        with bar:
-            record = loops.run(store, resume_id, stop.checked(event), stop.checked(progress),
-                               stop.checked(train_progress), **moved)
-    except KeyboardInterrupt:
-        raise Stopped(f"{resume_id} stopped; continue with `ipo loop --resume {resume_id}`") from None
+    with says_when_stopped(resume_id, f"continue with `ipo loop --resume {resume_id}`"), bar:
+        record = loops.run(store, resume_id, stop.checked(event), stop.checked(progress),
+                           stop.checked(train_progress), **moved)
     show_loop(store, record)
 
 
@@ -279,8 +279,8 @@ def show_loop(store, record: dict) -> None:
     for it in done:
         e, d = it.get("eval") or {}, it.get("drift") or {}
         logps = f"{d['logps_chosen'][1]:.0f} / {d['logps_rejected'][1]:.0f}" if "logps_chosen" in d else ""
-        table.add_row(str(it["iteration"]), it.get("pairs_by", "ipo"), str(it["pairs"]), _fmt(e.get("held_out_agreement")),
-                      f"{_fmt(e.get('mean_p_yes_previous_samples'))} → {_fmt(e.get('mean_p_yes_new_samples'))}",
+        table.add_row(str(it["iteration"]), it.get("pairs_by", "ipo"), str(it["pairs"]), cell(e.get("held_out_agreement"), ".3f"),
+                      f"{cell(e.get('mean_p_yes_previous_samples'), '.3f')} → {cell(e.get('mean_p_yes_new_samples'), '.3f')}",
                       "" if d.get("sample_tokens") is None else f"{d['sample_tokens']:.0f}", logps)
     out.print(table)
     for it in done:
@@ -298,7 +298,7 @@ def show_loop(store, record: dict) -> None:
         cells = []
         for name in names:
             value, change = row["figures"].get(name), row["change"].get(name)
-            cells.append(("" if value is None else f"{value:.3f}")
+            cells.append(cell(value, ".3f")
                          + (f" ({change['difference']:+.3f}, p={change['p_value']:.2g})" if change else ""))
         bench.add_row(str(row["policy"]), row["bench"], *cells)
     out.print(bench)

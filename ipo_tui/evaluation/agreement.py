@@ -19,7 +19,7 @@ from ipo_tui.judge.settings import category_setting
 class Agreement:
     judge: str
     settings: str  # what the judge id's settings were, in short
-    category: str
+    category: str | None
     accept: int = 0
     swap: int = 0
     reject: int = 0
@@ -43,7 +43,7 @@ def person_agreement(store) -> list[Agreement]:
     for r in store.curation_counts():
         key = (r["judge"], r["pair_category"])
         if key not in rows:
-            rows[key] = Agreement(r["judge"], _describe(r["settings"]), r["pair_category"] or "?")
+            rows[key] = Agreement(r["judge"], _describe(r["settings"]), r["pair_category"] or None)  # none recorded: "–" in tables, null in JSON
         setattr(rows[key], r["curation"], getattr(rows[key], r["curation"]) + r["pairs"])
     return list(rows.values())
 

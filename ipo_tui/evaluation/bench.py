@@ -52,8 +52,8 @@ def check(limit: int | None, max_tokens: int) -> None:
     """A run's sizes, checked (the CLI calls it before the model loads)."""
     if max_tokens < 1:
         raise IpoError(f"--max-tokens {max_tokens}: give at least 1")
-    if limit is not None and limit < 0:
-        raise IpoError(f"--limit {limit}: give a number of items, or leave it out for all of them")
+    if limit is not None and limit < 1:
+        raise IpoError(f"--limit {limit}: give a number of items (1 or more), or leave it out for all of them")
 
 
 def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = None, max_tokens: int = MAX_TOKENS,

@@ -276,15 +276,17 @@ def folds(n: int, k: int = FOLDS) -> list[np.ndarray]:
     return [np.arange(i, n, k) for i in range(k)]
 
 
-def cross_validate(f: Features, k: int = FOLDS, chooser: Callable = choose, idx: np.ndarray | None = None) -> int:
+def cross_validate(f: Features, k: int = FOLDS, chooser: Callable = choose, idx: np.ndarray | None = None,
+                   fold_done: Callable[[], None] = lambda: None) -> int:
     """Pairs right on held-out folds of `idx` (all pairs by default), each fold judged by a setting
-    `chooser` picked on the other folds only."""
+    `chooser` picked on the other folds only; `fold_done` is called after each fold."""
     right = 0
     idx = np.arange(f.n) if idx is None else idx
     parts = [idx[p] for p in folds(len(idx), k)]
     for i, held in enumerate(parts):
         train = np.concatenate([p for j, p in enumerate(parts) if j != i])
         right += int(correct(f, chooser(f, train), held).sum())
+        fold_done()
     return right
 
 
@@ -296,10 +298,20 @@ class Technique:
     note: str = ""
 
 
-def techniques(f: Features, chosen: CategorySetting, k: int = FOLDS) -> list[Technique]:
+def techniques(f: Features, chosen: CategorySetting, k: int = FOLDS,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> list[Technique]:
     """Each technique on its own against the plain recipe, and the search's cross-validated choice
     (`chosen` is what it picks on all the pairs). A technique with nothing to fit is measured on all
-    pairs; one that fits (length control, the search) is cross-validated."""
+    pairs; one that fits (length control, the search) is cross-validated, its folds counted in
+    `progress` (done, total)."""
+    fits = [(False, False, FITTED), (True, False, FITTED + " + content-free")]
+    if f.has_reply_pmi:
+        fits.insert(1, (False, True, FITTED + " + reply PMI"))
+    folds_done, total = itertools.count(1), k * (len(fits) + 2)  # length control, each fit, the search
+
+    def fold_done() -> None:
+        progress(next(folds_done), total)
+
     own = f.templates[0].name
     plain = CategorySetting((own,))
     rows = [Technique(f"plain ({own})", int(correct(f, plain).sum()), f.n)]
@@ -310,23 +322,22 @@ def techniques(f: Features, chosen: CategorySetting, k: int = FOLDS) -> list[Tec
     for t in f.templates[1:]:
         if t.polarity == "negative":
             rows.append(Technique(f"negative: {t.name}", int(correct(f, CategorySetting((t.name,))).sum()), f.n))
-    lc = cross_validate(f, k, lambda f_, idx: fit_length(f_, plain, idx))
+    lc = cross_validate(f, k, lambda f_, idx: fit_length(f_, plain, idx), fold_done=fold_done)
     rows.append(Technique("length control", lc, f.n, "slope fit on the other folds"))
-    fits = [(False, False, FITTED), (True, False, FITTED + " + content-free")]
     if f.has_reply_pmi:
         (pmi_c, tokens_c), (pmi_r, tokens_r) = f.reply_pmi("chosen", np.arange(f.n)), f.reply_pmi("rejected", np.arange(f.n))
         rows.append(Technique("reply PMI", int((pmi_c > pmi_r).sum()), f.n, "log p(reply | instruction) - log p(reply | N/A)"))
         rows.append(Technique("reply PMI per token", int((pmi_c / tokens_c > pmi_r / tokens_r).sum()), f.n))
-        fits.insert(1, (False, True, FITTED + " + reply PMI"))
     for baselines, reply, name in fits:
-        right = cross_validate(f, k, lambda f_, idx, b=baselines, r=reply: fit_weights(f_, idx, b, r))
+        right = cross_validate(f, k, lambda f_, idx, b=baselines, r=reply: fit_weights(f_, idx, b, r),
+                               fold_done=fold_done)
         rows.append(Technique(name, right, f.n, "weights fit on the other folds"))
     if np.isfinite(f.pairwise).all():
         d1, d2 = f.pairwise[:, 0], f.pairwise[:, 1]
         consistent = float(((d1 > 0) != (d2 > 0)).mean())
         rows.append(Technique("pairwise, both orders", int(((d1 - d2) / 2 > 0).sum()), f.n,
                               f"{consistent:.0%} position-consistent"))
-    right = cross_validate(f, k)
+    right = cross_validate(f, k, fold_done=fold_done)
     rows.append(Technique(SEARCH, right, f.n, f"on all pairs it chooses {chosen.describe()}"))
     return rows
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ipo_tui.backends.base import Backend, split_common_prefix
+from ipo_tui.backends.base import CHARS_PER_TOKEN_MAX, Backend, cut_chars, cut_middle, split_common_prefix
 from ipo_tui.errors import IpoError
 from ipo_tui.judge.routing import route
 from ipo_tui.judge.settings import CategorySetting, JudgeSettings, load_settings
@@ -166,31 +166,34 @@ class Judge:
 
         The instruction is kept whole when it can be, and the response keeps its end (where final
         answers and conclusions sit); what goes is the start of the response, then the middle of
-        the instruction.
+        the instruction (cut_middle, the rule generation uses), by the same amount whatever the
+        response, so every candidate of an instruction shares its evaluated prefix. Text that the
+        context could never hold is dropped before tokenizing (cut_chars), so a huge prompt costs
+        what a fitting one does.
         """
-        limit = self.backend.capabilities.context_length
-        ids = self.backend.tokenize(self.backend.render_chat(template.messages(instruction, response)))
+        backend, limit = self.backend, self.backend.capabilities.context_length
+        instruction, response = cut_chars(instruction, limit), response[-CHARS_PER_TOKEN_MAX * limit:]
+        ids = backend.tokenize(backend.render_chat(template.messages(instruction, response)))
         if len(ids) <= limit:
             return ids, None
-        resp_ids = self.backend.tokenize(response)
-        overflow = len(ids) - limit + len(self.backend.tokenize(_CUT_MARK)) + 2
-        keep_resp = len(resp_ids) - overflow
+        resp_ids = backend.tokenize(response)
+        slack = len(backend.tokenize(_CUT_MARK)) + 2
+        keep_resp = len(resp_ids) - (len(ids) - limit + slack)
         notes = []
         if keep_resp < _TAIL_MIN:
             keep_resp = min(len(resp_ids), _TAIL_MIN)
-            inst_ids = self.backend.tokenize(instruction)
-            cut = overflow - (len(resp_ids) - keep_resp)
-            keep_inst = len(inst_ids) - cut
+            frame = len(backend.tokenize(backend.render_chat(template.messages("", ""))))
+            keep_inst = limit - frame - slack - _TAIL_MIN  # the same for every response
             if keep_inst < 16:
                 raise IpoError(f"the evaluation prompt cannot fit the context of {limit} tokens; use a model with a longer context")
-            head = keep_inst // 2
-            instruction = (self.backend.detokenize(inst_ids[:head]) + " " + _CUT_MARK
-                           + self.backend.detokenize(inst_ids[len(inst_ids) - (keep_inst - head):]))
-            notes.append(f"instruction cut in the middle to {keep_inst} of {len(inst_ids)} tokens")
+            cut = cut_middle(backend, instruction, keep_inst)
+            if cut != instruction:
+                notes.append(f"instruction cut in the middle to {keep_inst} tokens")
+            instruction = cut
         if keep_resp < len(resp_ids):
-            response = _CUT_MARK + self.backend.detokenize(resp_ids[len(resp_ids) - keep_resp:])
+            response = _CUT_MARK + backend.detokenize(resp_ids[len(resp_ids) - keep_resp:])
             notes.append(f"response cut to its last {keep_resp} of {len(resp_ids)} tokens")
-        ids = self.backend.tokenize(self.backend.render_chat(template.messages(instruction, response)))
+        ids = backend.tokenize(backend.render_chat(template.messages(instruction, response)))
         if len(ids) > limit:  # re-tokenizing at the cut can merge differently; drop the excess
             ids = ids[len(ids) - limit:]
         return ids, f"{'; '.join(notes)} to fit the context of {limit} tokens"

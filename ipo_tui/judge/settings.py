@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 
 from ipo_tui.errors import IpoError
@@ -36,6 +37,7 @@ from ipo_tui.judge.templates import CATEGORIES
 ROUTERS = ("keyword", "model")
 MODES = ("pointwise", "pairwise")
 DEFAULT_MIN_MASS = 0.01  # the embedded 135M model gives 0.06-0.2 on ordinary prompts
+_SCALARS = ("pmi", "length_slope", "length_centre", "reply_pmi", "reply_pmi_per_token")
 
 
 @dataclass(frozen=True)
@@ -122,32 +124,45 @@ class JudgeSettings:
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def category_setting(name: str, spec) -> CategorySetting:
-    """A category's setting from its config entry (`name` says where, in errors)."""
+def category_setting(name: str, spec, where: str | None = None) -> CategorySetting:
+    """A category's setting from its config entry (`where`: its key path, in errors)."""
+    where = where or f"config judge.categories.{name}"
     if isinstance(spec, str):  # a template name alone
         spec = {"templates": [spec]}
     if not isinstance(spec, dict) or not spec.get("templates"):
-        raise IpoError(f"config judge.categories.{name}: give a mapping with a 'templates' list")
-    names = spec["templates"]
-    names = tuple(str(n) for n in ([names] if isinstance(names, str) else names))
-    try:
-        setting = CategorySetting(names, float(spec.get("pmi", 0.0)), float(spec.get("length_slope", 0.0)),
-                                  float(spec.get("length_centre", 0.0)),
-                                  tuple(float(w) for w in spec.get("weights") or ()),
-                                  tuple(float(w) for w in spec.get("pmi_weights") or ()),
-                                  float(spec.get("reply_pmi", 0.0)), float(spec.get("reply_pmi_per_token", 0.0)))
-    except (TypeError, ValueError):
-        raise IpoError(f"config judge.categories.{name}: pmi, length_slope, length_centre, weights, pmi_weights, "
-                       "reply_pmi and reply_pmi_per_token must be numbers (the weights a list of them)") from None
+        raise IpoError(f"{where}: give a mapping with a 'templates' list")
+    names = [spec["templates"]] if isinstance(spec["templates"], str) else spec["templates"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise IpoError(f"{where}.templates: give a template name or a list of template names")
+    setting = CategorySetting(tuple(names), **_numbers(where, spec))
     for key in ("weights", "pmi_weights"):
         given = getattr(setting, key)
         if given and len(given) != len(names):
-            raise IpoError(f"config judge.categories.{name}: {len(given)} {key} for {len(names)} templates; give one per template")
+            raise IpoError(f"{where}: {len(given)} {key} for {len(names)} templates; give one per template")
     if setting.pmi_weights and not setting.weights:
-        raise IpoError(f"config judge.categories.{name}: pmi_weights need weights; give both, or pmi alone")
+        raise IpoError(f"{where}: pmi_weights need weights; give both, or pmi alone")
     if setting.fitted and setting.pmi:
-        raise IpoError(f"config judge.categories.{name}: pmi and weights together; with weights give pmi_weights instead")
+        raise IpoError(f"{where}: pmi and weights together; with weights give pmi_weights instead")
     return setting
+
+
+def _numbers(where: str, spec: dict) -> dict:
+    """The numbers of a category's config entry, the weights as tuples; finite, since one NaN
+    makes every score of the category NaN."""
+    try:
+        numbers: dict = {key: float(spec.get(key, 0.0)) for key in _SCALARS}
+        for key in ("weights", "pmi_weights"):
+            given = spec.get(key) or []
+            if not isinstance(given, list):
+                raise TypeError(key)  # a text would be read character by character
+            numbers[key] = tuple(float(w) for w in given)
+    except (TypeError, ValueError):
+        raise IpoError(f"{where}: pmi, length_slope, length_centre, weights, pmi_weights, "
+                       "reply_pmi and reply_pmi_per_token must be numbers (the weights a list of them)") from None
+    flat = [x for value in numbers.values() for x in (value if isinstance(value, tuple) else [value])]
+    if not all(map(math.isfinite, flat)):
+        raise IpoError(f"{where}: its numbers must be finite; remove the .nan or .inf")
+    return numbers
 
 
 def load_settings(config: dict | None, model: str | None = None) -> JudgeSettings:
@@ -155,7 +170,7 @@ def load_settings(config: dict | None, model: str | None = None) -> JudgeSetting
     cfg = (config or {}).get("judge") or {}
     if not isinstance(cfg, dict):
         raise IpoError("config judge: expected a mapping (router, mode, calibrate, min_mass, categories, models)")
-    layers = [cfg]
+    layers = [(cfg, "config judge")]
     models = cfg.get("models") or {}
     if not isinstance(models, dict):
         raise IpoError("config judge.models: expected a mapping of model name to its saved setting")
@@ -163,23 +178,42 @@ def load_settings(config: dict | None, model: str | None = None) -> JudgeSetting
     if saved:
         if not isinstance(saved, dict):
             raise IpoError(f"config judge.models.{model}: expected a mapping with 'categories'")
-        layers.append(saved)
+        layers.append((saved, f"config judge.models.{model}"))
     categories: dict[str, CategorySetting] = {}
     merged: dict = {}
-    for layer in layers:
-        # category_templates: the one-template-per-category form earlier versions saved
-        for key in ("category_templates", "categories"):
-            if not isinstance(layer.get(key) or {}, dict):
-                raise IpoError(f"config judge {key}: expected a mapping of category to setting")
-        for name, spec in {**(layer.get("category_templates") or {}), **(layer.get("categories") or {})}.items():
-            categories[name] = category_setting(name, spec)
-        merged.update({k: v for k, v in layer.items() if k in ("router", "mode", "calibrate", "min_mass")})
-    try:
-        min_mass = float(merged.get("min_mass", DEFAULT_MIN_MASS))
-    except (TypeError, ValueError):
-        raise IpoError(f"config judge.min_mass: {merged['min_mass']!r} is not a number") from None
-    return check(JudgeSettings(categories, str(merged.get("router", "keyword")), str(merged.get("mode", "pointwise")),
-                               bool(merged.get("calibrate", False)), min_mass))
+    for layer, where in layers:
+        categories.update(_categories(layer, where))
+        merged.update(_flags(layer, where))
+    return check(JudgeSettings(categories, **merged))
+
+
+def _categories(layer: dict, where: str) -> dict[str, CategorySetting]:
+    """The category settings of one config layer (`where`: its key path)."""
+    # category_templates: the one-template-per-category form earlier versions saved
+    for key in ("category_templates", "categories"):
+        if not isinstance(layer.get(key) or {}, dict):
+            raise IpoError(f"{where}.{key}: expected a mapping of category to setting")
+    return {name: category_setting(name, spec, f"{where}.{key}.{name}")
+            for key in ("category_templates", "categories") for name, spec in (layer.get(key) or {}).items()}
+
+
+def _flags(layer: dict, where: str) -> dict:
+    """The router, mode, calibrate and min_mass one config layer sets (an empty key sets nothing), checked."""
+    given = {key: layer[key] for key in ("router", "mode", "calibrate", "min_mass") if layer.get(key) is not None}
+    for key, choices in (("router", ROUTERS), ("mode", MODES)):
+        if key in given and given[key] not in choices:
+            raise IpoError(f"{where}.{key}: {given[key]!r}: choose {' or '.join(choices)}")
+    if not isinstance(given.get("calibrate", False), bool):  # bool("false") would be True
+        raise IpoError(f"{where}.calibrate: {given['calibrate']!r}: give true or false")
+    if "min_mass" in given:
+        try:
+            min_mass = float(given["min_mass"])
+        except (TypeError, ValueError):
+            min_mass = math.nan  # refused below with NaN itself, under which no mass would ever warn
+        if not 0 <= min_mass <= 1:
+            raise IpoError(f"{where}.min_mass: {given['min_mass']!r} is not a number from 0 to 1")
+        given["min_mass"] = min_mass
+    return given
 
 
 def override(settings: JudgeSettings, mode: str | None = None, router: str | None = None,

@@ -152,10 +152,32 @@ POOL: dict[str, tuple[str, ...]] = {
 
 def templates(config: dict | None = None) -> dict[str, Template]:
     """The built-in templates with the user's overrides (config key `templates`) applied."""
+    given = (config or {}).get("templates") or {}
+    if not isinstance(given, dict):
+        raise IpoError(f"config templates: expected a mapping of template name to {{user, system, polarity}}, "
+                       f"got {kind_of(given)}; see README 'Config'")
     result = dict(BUILTIN)
-    for name, spec in ((config or {}).get("templates") or {}).items():
-        if not isinstance(spec, dict) or "user" not in spec:
-            raise IpoError(f"config templates.{name}: give a mapping with a 'user' text (and optional 'system', 'polarity')")
-        base = result.get(name, BUILTIN["generic"])
-        result[name] = Template(name, spec.get("system", base.system), spec["user"], spec.get("polarity", base.polarity))
+    for key, spec in given.items():
+        name = str(key)  # YAML reads a key such as `2024:` as a number
+        result[name] = _user_template(name, spec, result.get(name, BUILTIN["generic"]))
     return result
+
+
+def _user_template(name: str, spec, base: Template) -> Template:
+    """The template config key `templates.NAME` gives; what it leaves out comes from `base`."""
+    if not isinstance(spec, dict) or "user" not in spec:
+        raise IpoError(f"config templates.{name}: give a mapping with a 'user' text "
+                       "(and optional 'system', 'polarity')")
+    for key in ("user", "system", "polarity"):
+        if key in spec and not isinstance(spec[key], str):
+            raise IpoError(f"config templates.{name}.{key}: expected text, got {kind_of(spec[key])}")
+    try:
+        return Template(name, spec.get("system", base.system), spec["user"], spec.get("polarity", base.polarity))
+    except IpoError as exc:
+        raise IpoError(f"config templates.{name}: {exc}") from None
+
+
+def kind_of(value) -> str:
+    """What a config value is, in YAML's words, for a message that says what was given instead."""
+    kinds = ((bool, "true/false"), ((int, float), "a number"), (str, "text"), (list, "a list"), (dict, "a mapping"))
+    return next((word for types, word in kinds if isinstance(value, types)), "nothing" if value is None else "a value")

@@ -8,13 +8,15 @@ at the end, after the others are done and stored; three failures in a row stop t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from ipo_tui.backends.base import Backend, Sampling
+from ipo_tui.backends.base import Backend, Sampling, sample_seed
 from ipo_tui.errors import IpoError
 from ipo_tui.judge.routing import category_for
 from ipo_tui.judge.scoring import Judge, Judgement
+from ipo_tui.workspace import locks
 from ipo_tui.workspace.store import Store
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -79,8 +81,9 @@ def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sa
             missing = sorted(set(range(n)) - store.sample_indices(prompt["id"], policy.model, policy.adapter))
             if missing:
                 # the seed depends on the prompt and sample only: engines that seed each sample
-                # (llama.cpp, servers) sample the same texts when a run resumes
-                todo.append((prompt, missing, sampling.seed + 1009 * prompt["position"] + missing[0]))
+                # (llama.cpp, servers) sample the same texts when a run resumes; sample_seed keeps
+                # it in [0, 2**31), where no engine reads it as "random" (llama.cpp's -1)
+                todo.append((prompt, missing, sample_seed(sampling.seed, 1009 * prompt["position"] + missing[0])))
         if not todo:
             return 0
         results = backend.generate_many([
@@ -89,10 +92,11 @@ def generate(store: Store, backend: Backend, policy: Policy, prompts, n: int, sa
             for prompt, missing, seed in todo])
         for (prompt, missing, seed), texts in zip(todo, results):
             store.add_candidates(prompt["id"], policy.model, policy.adapter, _settings(sampling),
-                                 [(index, seed + i, text) for i, (index, text) in enumerate(zip(missing, texts))])
+                                 [(index, sample_seed(seed, i), text) for i, (index, text) in enumerate(zip(missing, texts))])
         return sum(len(missing) for _, missing, _ in todo)
 
-    return each_prompt("generate", "candidates", prompts, progress, some, max(1, backend.generate_rows // n))
+    with stage_held(store, "generate", prompts):
+        return each_prompt("generate", "candidates", prompts, progress, some, max(1, backend.generate_rows // n))
 
 
 def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | None = None,
@@ -113,7 +117,18 @@ def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | N
         store.add_judgements(judge_id, scored, settings)
         return len(scored)
 
-    return each_prompt("judge", "judgements", prompts, progress, lambda chunk: sum(map(one, chunk)))
+    with stage_held(store, "judge", prompts):
+        return each_prompt("judge", "judgements", prompts, progress, lambda chunk: sum(map(one, chunk)))
+
+
+def stage_held(store: Store, stage: str, prompts):
+    """The stage's lock on the prompts' set: one process at a time generates (or judges) a set, so
+    two never sample the same missing candidates or report each other's rows."""
+    if not prompts:
+        return contextlib.nullcontext()
+    set_id = prompts[0]["set_id"]
+    return locks.held(locks.stage_lock(store.path, stage, set_id),
+                      f"{stage} on prompt set {store.prompt_set_name(set_id)!r}")
 
 
 @dataclass

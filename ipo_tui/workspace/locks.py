@@ -21,9 +21,9 @@ def run_lock(folder: Path) -> Path:
     return folder / "lock"
 
 
-def stage_lock(workspace: Path, stage: str, prompt_set: str) -> Path:
+def stage_lock(workspace: Path, stage: str, set_id: int) -> Path:
     """The lock of a stage (generate, judge) on a prompt set of a workspace."""
-    digest = hashlib.sha256(f"{workspace.resolve()}\0{prompt_set}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{workspace.resolve()}\0{set_id}".encode()).hexdigest()[:16]
     return workspace.parent / "locks" / f"{stage}-{digest}.lock"
 
 

@@ -161,7 +161,7 @@ Every change is written to the workspace at once.
             if not checked:
                 continue
             low, high = wilson(agreed, checked)
-            cats = " · ".join(f"{a.category} {a.accept}/{a.checked}" for a in rows if a.checked)
+            cats = " · ".join(f"{a.category or '–'} {a.accept}/{a.checked}" for a in rows if a.checked)
             lines.append(f"you agreed with the judge ({settings}) on {agreed} of {checked} checked pairs: "
                          f"{agreed / checked:.2f} (95% {low:.2f}–{high:.2f}) · {cats}")
         self.query_one("#agreement", Static).update(
