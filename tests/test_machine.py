@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import termios
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +173,17 @@ def test_bad_training_precision():
         hardware.training_dtype("fp8", False, False)
     with pytest.raises(IpoError, match="GPU only"):
         hardware.training_dtype("fp16", False, False)
+
+
+def test_the_crash_log_falls_back_to_the_temp_folder_where_the_data_folder_cannot_be_written(tmp_path):
+    """A read-only home or a data folder that cannot be made does not stop `ipo` from starting."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = dict(os.environ, IPO_DATA_DIR=str(blocker / "data"))  # under a file: no folder can be made there
+    code = "import sys; sys.argv = ['ipo', *sys.argv[1:]]; from ipo_tui.supervisor import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "--help"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0 and "Usage: ipo" in done.stdout, done.stderr
+    probe = subprocess.run([sys.executable, "-c", "from ipo_tui.supervisor import crash_log; print(crash_log())"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert Path(probe.stdout.strip()).parent == Path(tempfile.gettempdir()), probe.stderr

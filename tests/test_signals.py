@@ -182,8 +182,8 @@ def test_a_run_that_is_training_is_not_started_twice(user_dirs, pair_file, tiny_
     finally:
         store.close()
         ipo.send_signal(signal.SIGINT)
-        ipo.communicate(timeout=300)
-    assert ipo.returncode == 130
+        _, error = ipo.communicate(timeout=300)
+    assert ipo.returncode == 130, error
 
 
 HOLD = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
