@@ -286,6 +286,27 @@ def test_a_running_loop_is_seen_running_and_stops_like_ctrl_c(store, tmp_path):
     assert runner.info(store, "loop-001").status == "interrupted"  # it died without recording why
 
 
+def test_a_run_of_another_workspace_with_the_same_id_is_seen_running(store, pair_file, tiny_model, tmp_path):
+    """This process's finished dpo-001 says nothing of another workspace's dpo-001, still training
+    (the full suite once saw that one as interrupted, and a Ctrl-C then could not stop it)."""
+    finished = runner.follow(runner.start("dpo", pair_file, tiny_model, dict(FAST, epochs=1), store), store)
+    assert finished.id == "dpo-001" and finished.status == "completed"
+    other = Store(tmp_path / "other" / "workspace.sqlite")
+    trainer = subprocess.Popen([sys.executable, "-c", "import sys; print(1, flush=True); sys.stdin.read()",
+                                "ipo_tui.training.trainer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    trainer.stdout.readline()  # running as itself (right after the fork its command line reads empty)
+    folder = tmp_path / "other" / "runs" / "dpo-001"
+    folder.mkdir(parents=True)
+    (folder / "pid").write_text(str(trainer.pid))
+    other.add_run("dpo-001", "dpo", {"examples": 4}, folder, status="running")
+    try:
+        assert runner.info(other, "dpo-001").status == "running"
+    finally:
+        trainer.stdin.close()
+        trainer.wait(timeout=30)
+        other.close()
+
+
 def test_settings_are_checked(tmp_path):
     assert settings.load()["beta"] == 0.1
     assert settings.load(overrides={"learning_rate": "1e-4"})["learning_rate"] == 1e-4

@@ -39,7 +39,8 @@ from ipo_tui.workspace.store import PAIR_STATUSES, Store
 KINDS = ("dpo", "sft")
 LAUNCHERS = ("local", "accelerate")
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
-_children: dict[str, subprocess.Popen] = {}  # processes this one started, reaped when they end
+# processes this one started, reaped when they end; by run folder, since run ids repeat across workspaces
+_children: dict[Path, subprocess.Popen] = {}
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def launch(run: RunInfo, store: Store, owned: bool = False) -> RunInfo:
     with open(run.folder / "train.log", "a") as log:  # the child keeps its own copy of the handle
         child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, env=trainer_env(owned))
-    _children[run.id] = child
+    _children[run.folder.resolve()] = child
     (run.folder / "pid").write_text(str(child.pid))
     (run.folder / "error.txt").unlink(missing_ok=True)
     store.set_run(run.id, "running")
@@ -259,7 +260,7 @@ def _pid(run: RunInfo) -> int:
 
 
 def _alive(run: RunInfo) -> bool:
-    child = _children.get(run.id)
+    child = _children.get(run.folder.resolve())
     if child is not None:
         return child.poll() is None
     pid = _pid(run)
