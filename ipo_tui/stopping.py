@@ -75,23 +75,34 @@ def owned_env(owned: bool) -> dict[str, str]:
 
 
 def stop_with_parent() -> None:
-    """In a child started with `owned_env(True)`: SIGTERM to itself once its parent is gone, so a
-    `kill -9` of the parent stops the worker (cleanly, as a SIGTERM does) before it writes more.
-    Linux delivers it (PR_SET_PDEATHSIG); elsewhere a thread watches the parent."""
-    parent = int(os.environ.get(PARENT_ENV) or 0)
-    if not parent:
+    """In a child started with `owned_env(True)`: SIGTERM to itself once that process is gone, so a
+    `kill -9` of it stops the worker (cleanly, as a SIGTERM does) before it writes more. Linux tells
+    a direct child at once (PR_SET_PDEATHSIG); a thread watches an owner further up (the trainers of
+    an `accelerate launch`), or on another system."""
+    owner = int(os.environ.get(PARENT_ENV) or 0)
+    if not owner:
         return
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and os.getppid() == owner:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    else:
-        threading.Thread(target=_watch_parent, args=(parent,), name="ipo-parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # gone before the watch began
-        os.kill(os.getpid(), signal.SIGTERM)
+        if os.getppid() != owner:  # gone before the kernel was told
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+    threading.Thread(target=_watch, args=(owner,), name="ipo-owner-watch", daemon=True).start()
 
 
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
+def _watch(owner: int) -> None:
+    while _alive(owner):
         threading.Event().wait(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True

@@ -73,16 +73,15 @@ def supervise(command: list[str], log: Path) -> int:
 
 def _wait(child: subprocess.Popen) -> int:
     """The child's exit status, passing on the signals sent to this process. A Ctrl-C typed at the
-    terminal reaches the child as well (one process group), so that one is not passed on: the
-    child would see it twice. The kernel marks it (SI_KERNEL); a `kill -INT` or a script's
-    send_signal is marked as sent by a process, and reached only this one."""
+    terminal, or the hangup of a closed one, reaches the child as well (one process group), so that
+    one is not passed on: the child would see it twice. The kernel marks it (SI_KERNEL); a `kill`
+    or a script's send_signal is marked as sent by a process, and reached only this one."""
     watched = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)  # after Popen: the child keeps its own mask
     try:
         while (status := child.poll()) is None:
             info = signal.sigtimedwait(watched, 1.0)  # SIGCHLD wakes it when the child ends
-            if info and info.si_signo != signal.SIGCHLD and not (
-                    info.si_signo == signal.SIGINT and info.si_code == SI_KERNEL):
+            if info and info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
                 child.send_signal(info.si_signo)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)

@@ -344,7 +344,9 @@ def test_accelerate_launch_with_two_cpu_processes(store, pair_file, tiny_model):
     run = runner.prepare("dpo", pair_file, tiny_model, store, dict(FAST, epochs=2, batch_size=1),
                          launcher="accelerate", processes=2)
     assert (run.folder / "accelerate.yaml").exists() and run.config["accelerate"]["num_processes"] == 2
-    run = runner.follow(runner.launch(run, store), store)
+    # owned, as a foreground `ipo train` launches it: its trainers are the launcher's children, not
+    # this process's, and must watch this one rather than stop at once
+    run = runner.follow(runner.launch(run, store, owned=True), store)
     assert run.status == "completed", runner.log_tail(run.folder)
     # each process takes half of the 4 pairs: 2 steps per epoch instead of 4; only the first one logs
     assert [m["step"] for m in runner.read_metrics(run.folder)] == [1, 2, 3, 4]

@@ -63,19 +63,21 @@ app.add_typer(export.app, name="export")
 
 def main() -> None:
     stop = stopping.REQUEST.install()
-    stopping.stop_with_parent()
     try:
+        stopping.stop_with_parent()
         app(prog_name="ipo")  # the name the user typed, not `python -m ipo_tui` that the supervisor runs
     except IpoError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
     except Stopped as exc:
+        stop.quiet()  # from here a later signal must not raise where nothing can catch it
         err.print(str(exc), highlight=False)
     except (KeyboardInterrupt, SystemExit) as exc:  # typer turns a KeyboardInterrupt into exit 130
+        stop.quiet()
         if stop.signum is None and not isinstance(exc, KeyboardInterrupt):
             raise
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
         err.print(f"ipo {command}".strip() + f" stopped ({stop.name})", highlight=False)
     finally:
-        stop.quiet()  # a later signal must not raise where nothing can catch it
+        stop.quiet()
     sys.exit(stop.exit_status)

@@ -35,7 +35,7 @@ DtypeOpt = typer.Option(None, "--dtype", help="hf: fp32, bf16 or fp16 (default: 
 # What the judge needs at least: a template (up to ~80 tokens in a chat format), 16 tokens of the
 # instruction and the reply's last 32 (judge/scoring.py cuts to those, never below).
 MIN_CTX = 128
-SEED_MAX = 2**31 - 1  # seeds reach llama.cpp, numpy and torch, which take 32-bit integers
+SEED_MAX = 2**31 - 1  # backends.base.SEED_LIMIT - 1 (numpy stays out of `ipo --help`); a test keeps them equal
 TEMPERATURE_MAX = 2.0  # the OpenAI API's bound, which servers enforce; beyond it a model samples noise
 CtxOpt = typer.Option(None, "--ctx", min=MIN_CTX, help="Context length in tokens (default: the model's, at most 4096).")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).")

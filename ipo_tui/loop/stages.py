@@ -126,6 +126,7 @@ def stage_held(store: Store, stage: str, prompts):
     two never sample the same missing candidates or report each other's rows."""
     if not prompts:
         return contextlib.nullcontext()
+    store.check_writable()  # before the lock file is made beside a workspace that may not be written
     set_id = prompts[0]["set_id"]
     return locks.held(locks.stage_lock(store.path, stage, set_id),
                       f"{stage} on prompt set {store.prompt_set_name(set_id)!r}")

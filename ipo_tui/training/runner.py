@@ -7,6 +7,8 @@ word (kill -9, power cut) shows as `interrupted` and resumes from its last check
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -71,6 +73,7 @@ def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, 
     `data` is a file, a workspace pair selection (dpo), or rows already in the trainer's shape."""
     if kind not in KINDS:
         raise IpoError(f"unknown training kind {kind!r}: choose one of {', '.join(KINDS)}")
+    store.check_writable()
     settings = train_settings.load(config_file, overrides)
     if launcher not in LAUNCHERS:
         raise IpoError(f"--launcher {launcher}: choose one of {', '.join(LAUNCHERS)}")
@@ -117,14 +120,20 @@ def launch(run: RunInfo, store: Store, owned: bool = False) -> RunInfo:
     """Start (or restart) the trainer on a prepared run; returns at once. An `owned` run belongs to
     this process (a foreground command): it stops when this process is gone, even by `kill -9`;
     otherwise it runs on when the app or the terminal closes."""
-    locks.ensure_free(locks.run_lock(run.folder), f"run {run.id}")  # the trainer holds it while it trains
+    store.check_writable()
+    lock = locks.acquire(locks.run_lock(run.folder), f"run {run.id}")  # taken here, held by the trainer for its life
     # its own session: a terminal's Ctrl-C reaches only `ipo`, whose `follow` stops the run cleanly
     entry = ["-m", "ipo_tui.training.trainer", str(run.folder)]
     if (run.folder / "accelerate.yaml").exists():  # several processes: the same entry under `accelerate launch`
         entry = ["-m", "accelerate.commands.launch", "--config_file", str(run.folder / "accelerate.yaml"), *entry]
-    with open(run.folder / "train.log", "a") as log:  # the child keeps its own copy of the handle
-        child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=trainer_env(owned))
+    try:
+        with open(run.folder / "train.log", "a") as log:  # the child keeps its own copy of the handle
+            child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=trainer_env(owned), pass_fds=(lock,))
+    except BaseException:
+        os.close(lock)
+        raise
+    locks.hand_over(lock, child.pid)
     _children[run.folder.resolve()] = child
     (run.folder / "pid").write_text(str(child.pid))
     (run.folder / "error.txt").unlink(missing_ok=True)
@@ -180,7 +189,8 @@ def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: Non
             seen = len(metrics)
             time.sleep(poll)
     except KeyboardInterrupt:
-        stop(run.id, store)
+        with contextlib.suppress(IpoError):  # it ended meanwhile: nothing to stop
+            stop(run.id, store)
         while _alive(run):
             time.sleep(poll)
         raise
@@ -218,6 +228,8 @@ def info(store: Store, run_id: str) -> RunInfo:
     folder = Path(row["folder"]) if row["folder"] else store.path.parent / "runs" / row["id"]  # where prepare puts it
     run = RunInfo(row["id"], row["kind"], row["status"], folder, json.loads(row["config"]), row["created_at"])
     if run.status == "running" and not _alive(run):  # the process died without recording why
+        if store.read_only:
+            return dataclasses.replace(run, status="interrupted")
         store.set_run(run.id, "interrupted")
         return info(store, run_id)
     return run

@@ -23,8 +23,6 @@ from pathlib import Path
 import yaml
 
 from ipo_tui import stopping, verbosity
-from ipo_tui.errors import IpoError
-from ipo_tui.workspace import locks
 from ipo_tui.workspace.store import Store
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -205,14 +203,8 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[0]).resolve()
     spec = yaml.safe_load((folder / "config.yaml").read_text())
     # under `accelerate launch` every process runs this; the first one keeps the books
-    first = os.environ.get("RANK", "0") == "0"
-    if first:  # a second trainer in the same folder would interleave steps and both write adapter/
-        try:
-            locks.acquire(locks.run_lock(folder), f"run {spec['id']}")
-        except IpoError as exc:
-            print(f"error: {exc}", flush=True)
-            return 1
-    store = Store(Path(spec["workspace"])) if first else None
+    # the run's lock came with this process from runner.launch: no second trainer shares this folder
+    store = Store(Path(spec["workspace"])) if os.environ.get("RANK", "0") == "0" else None
     record = store.set_run if store else lambda run_id, status: None
     record(spec["id"], "running")
     try:

@@ -39,8 +39,12 @@ def held(path: Path, what: str):
 
 def acquire(path: Path, what: str) -> int:
     """Take the lock at `path` for the rest of this process (or until the returned fd is closed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise IpoError(f"{what} cannot take its lock {path} ({exc.strerror}); it needs a workspace folder it may "
+                       "write: copy the workspace somewhere writable or pass another --workspace") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -53,7 +57,9 @@ def acquire(path: Path, what: str) -> int:
     return fd
 
 
-def ensure_free(path: Path, what: str) -> None:
-    """Refuse now, with the holder's pid, if another process holds the lock at `path`."""
-    if path.parent.is_dir():
-        os.close(acquire(path, what))
+def hand_over(fd: int, pid: int) -> None:
+    """After starting a child with `fd` among its `pass_fds`: the child holds the lock now (the same
+    open file), named by its pid; this process lets go of its copy."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(pid).encode(), 0)
+    os.close(fd)

@@ -257,13 +257,17 @@ class Store:
                       "or pass another --workspace",
         }.get(_primary_code(exc))
 
+    def check_writable(self) -> None:
+        """Refuse, in one line, work that would write a workspace this process may only read."""
+        if self.read_only:
+            raise IpoError(f"{self.path} is read-only: this process may not write the file or its folder; "
+                           "copy it somewhere writable or pass another --workspace")
+
     @contextmanager
     def transaction(self):
         """All of the writes inside, or none of them; a full disk, a read-only file, an I/O error or
         damage comes out as one line."""
-        if self.read_only:
-            raise IpoError(f"{self.path} is read-only: this process may not write the file or its folder; "
-                           "copy it somewhere writable or pass another --workspace")
+        self.check_writable()
         try:
             self.db.execute("BEGIN IMMEDIATE")
             yield self.db
