@@ -195,14 +195,10 @@ def cell(value, spec: str = "") -> str:
 
 
 def sampling_settings(n: int, temperature: float, top_p: float, max_tokens: int, seed: int):
-    """Sampling settings, checked against the ranges the options above declare, for a command whose
-    options do not declare them."""
+    """Sampling settings from options whose ranges the options themselves check (imported here, so
+    that `ipo --help` loads no backend)."""
     from ipo_tui.backends import Sampling
 
-    if (n < 1 or max_tokens < 1 or not 0 <= top_p <= 1 or not 0 <= temperature <= TEMPERATURE_MAX
-            or not 0 <= seed <= SEED_MAX):
-        raise IpoError(f"sampling settings out of range: need -n >= 1, --max-tokens >= 1, 0 <= --top-p <= 1, "
-                       f"0 <= --temperature <= {TEMPERATURE_MAX:g}, 0 <= --seed <= {SEED_MAX}")
     return Sampling(n, temperature, top_p, max_tokens, seed)
 
 
