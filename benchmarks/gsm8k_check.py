@@ -23,7 +23,7 @@ from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
 from ipo_tui.errors import run_script
 from ipo_tui.evaluation.gsm8k import DATA, final_number
-from ipo_tui.judge.scoring import Judge
+from ipo_tui.judge.scoring import Judge, prefers
 from ipo_tui.loop import stages
 from ipo_tui.workspace.records import load_prompts
 from ipo_tui.workspace.store import Store
@@ -54,13 +54,13 @@ def main() -> None:
         both = wins = combos = any_right = 0
         for prompt, answer in zip(prompts, answers):
             rows = store.judgements(prompt["id"], policy.judge_id, policy.model, policy.adapter)
-            right = [r["p_yes"] for r in rows if r["p_yes"] is not None and final_number(r["text"]) == answer]
-            wrong = [r["p_yes"] for r in rows if r["p_yes"] is not None and final_number(r["text"]) != answer]
+            right = [r["score"] for r in rows if r["score"] is not None and final_number(r["text"]) == answer]
+            wrong = [r["score"] for r in rows if r["score"] is not None and final_number(r["text"]) != answer]
             any_right += bool(right)
             if right and wrong:
                 both += 1
                 combos += len(right) * len(wrong)
-                wins += sum(r > w for r in right for w in wrong)
+                wins += sum(prefers(r, w) for r in right for w in wrong)
         store.close()
     result = {"prompts": len(prompts), "candidates_per_prompt": args.n, "prompts_with_a_right_answer": any_right,
               "prompts_with_right_and_wrong": both, "right_wrong_combinations": combos,

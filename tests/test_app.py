@@ -8,8 +8,9 @@ import statistics
 import time
 
 import pytest
-from test_app_support import FakeEngine, seed_pairs, wait_for, write_eval_file
+from test_app_support import FakeEngine, combined, seed_pairs, wait_for, write_eval_file
 
+from ipo_tui.judge.scoring import ranked
 from ipo_tui.tui.app import IpoApp
 from ipo_tui.workspace.store import Store
 
@@ -153,8 +154,8 @@ async def test_generate_and_save_pair(tmp_path, hf_backend):
         store = Store(tmp_path / "ws.sqlite")
         rows = store.pairs(("accepted",))
         assert len(rows) == 1 and rows[0]["prompt"] == "Name a colour."
-        best = max((c.judgement for c in screen.cards if c.judgement), key=lambda j: j.p_yes)
-        assert rows[0]["chosen"] == best.response and rows[0]["score_chosen"] == pytest.approx(best.p_yes)
+        best = ranked([c.judgement for c in screen.cards if c.judgement])[0]
+        assert rows[0]["chosen"] == best.response and rows[0]["score_chosen"] == pytest.approx(best.score)
         generated = [r for r in store.candidates(rows[0]["prompt_id"]) if r["model"] != "typed"]
         assert len(generated) == 2  # the model's samples keep their origin; the typed one is 'typed'
 
@@ -172,6 +173,50 @@ async def test_template_without_placeholder_shows_error(tmp_path):
         area.load_text("Request: {instruction}\nReply: {response}\nGood? Answer Yes or No.")
         await pilot.pause(0.5)
         assert app.judge.templates["chat"].user.startswith("Request:")
+
+
+async def test_combined_scores_show_and_rank_as_scores(tmp_path, monkeypatch):
+    """A combined judge setting's log-odds (40 and 38: both sigmoid to 1.0) are shown as scores, not
+    as p'yes 1.000, and the 40 ranks best: in the lab's marks, the saved pair and the pairs table."""
+    store = Store(tmp_path / "ws.sqlite")  # an older pair: chosen 39, the wider margin
+    store.add_prompt_set("older", "tests", [{"text": "Count down.", "category": "chat"}])
+    [prompt] = store.prompts("older")
+    store.add_candidates(prompt["id"], "fake-model", "", {}, [(0, 0, "Thirty-nine."), (1, 1, "Minus five.")])
+    ids = [r["id"] for r in store.candidates(prompt["id"])]
+    store.add_judgements("fitted", [(ids[0], combined("Thirty-nine.", 39.0)), (ids[1], combined("Minus five.", -5.0))])
+    store.propose_pair(prompt["id"], "fitted", ids[0], ids[1], 44.0)
+    store.close()
+    scores = {"Forty.": 40.0, "Thirty-eight.": 38.0, "Thirty-nine.": 39.0}
+    app = make_app(tmp_path, FakeEngine())
+    async with app.run_test(size=SIZE) as pilot:
+        screen = lab(app)
+        monkeypatch.setattr(app.judge, "score", lambda instruction, texts, category=None: [
+            combined(t, scores[t], category or "chat") for t in texts])
+        await type_into(pilot, "#instruction", "Count.")
+        for i, text in enumerate(scores, 1):
+            screen.query_one(f"#cand-text-{i}").load_text(text)
+        await scored(pilot)
+        bars = [str(c.bar.render()) for c in screen.cards[:3]]
+        assert "score +40.00" in bars[0] and "score +38.00" in bars[1]
+        assert not any("1.000" in b or "p'yes" in b for b in bars)
+        assert [c.border_subtitle for c in screen.cards[:3]] == ["★ best", "▼ worst", ""]
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: "saved pair" in str(screen.query_one("#status").render()))
+        assert "margin +2.00" in str(screen.query_one("#status").render())
+
+        await pilot.press("f4")
+        pairs = app.screen
+        await wait_for(pilot, lambda: len(pairs.rows) == 2)
+        await pilot.press("o", "o")  # sort by the chosen side's score, best first
+        assert pairs.sort_key == "score_chosen" and pairs.labels["score_chosen"] == "s'ch"
+        assert [r["chosen"] for r in pairs.rows] == ["Forty.", "Thirty-nine."]
+        row = [str(cell) for cell in pairs.query_one("#pairs-table").get_row_at(0)]
+        assert row[4:7] == ["+2.00", "+40.00", "+38.00"]
+        await pilot.press("up")  # the cursor stayed on the older pair, now second
+        assert pairs.current_id() == pairs.rows[0]["id"]
+        await pilot.press("enter")
+        assert "score +40.00" in str(app.screen.query_one("#chosen-label").render())
+        assert "margin +2.00" in str(app.screen.query_one("#pair-title").render())
 
 
 # --- pairs ----------------------------------------------------------------------------------------
@@ -224,10 +269,10 @@ async def test_sort_bulk_accept_and_export(tmp_path, monkeypatch):
         await pilot.click("#pairs-table", offset=(40, 0))  # the margin column's header
         margins = [r["margin"] for r in screen.rows]
         assert margins == sorted(margins, reverse=True) and screen.sort_key == "margin"
-        screen.query_one("#bulk-margin").value = "0.3"
+        screen.query_one("#bulk-margin").value = "1"  # log-odds
         await pilot.press("b")
         accepted = {r["margin"] for r in store.pairs(("accepted",))}
-        assert accepted and min(accepted) >= 0.3 and len(accepted) == 3
+        assert accepted and min(accepted) >= 1 and len(accepted) == 3
         await pilot.press("x")
         await pilot.press("enter")  # the default: TRL JSONL of proposed, accepted and edited pairs
         lines = (tmp_path / "pairs.jsonl").read_text().splitlines()

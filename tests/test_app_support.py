@@ -54,9 +54,17 @@ class FakeEngine(Backend):
 
 
 def judgement(response: str, p_yes: float, category: str = "chat"):
+    """A single template's judgement with this p'yes."""
     from ipo_tui.judge.scoring import Judgement
 
-    return Judgement(response, p_yes, float(np.log(p_yes / (1 - p_yes))), 0.3, category, category, False)
+    return Judgement(response, float(np.log(p_yes / (1 - p_yes))), 0.3, category, category, False, probability=True)
+
+
+def combined(response: str, score: float, category: str = "chat"):
+    """A combined setting's judgement (two templates and the reply's PMI): a score, not a probability."""
+    from ipo_tui.judge.scoring import Judgement
+
+    return Judgement(response, score, 0.3, category, f"{category}+generic", False, probability=False)
 
 
 PAIRS = [
@@ -69,14 +77,16 @@ PAIRS = [
 
 
 def seed_pairs(store, judge_id: str = "fake-model") -> list[int]:
-    """Five proposed pairs in a prompt set 'demo'; returns their ids."""
+    """Five proposed pairs in a prompt set 'demo', their margins in log-odds; returns their ids."""
+    from ipo_tui.judge.scoring import margin
+
     store.add_prompt_set("demo", "tests", [{"text": p[0], "category": p[5]} for p in PAIRS])
     for prompt, (_text, chosen, rejected, s_ch, s_rj, category) in zip(store.prompts("demo"), PAIRS):
         store.add_candidates(prompt["id"], judge_id, "", {}, [(0, 0, chosen), (1, 1, rejected)])
         rows = store.candidates(prompt["id"])
-        store.add_judgements(judge_id, [(rows[0]["id"], judgement(chosen, s_ch, category)),
-                                        (rows[1]["id"], judgement(rejected, s_rj, category))])
-        store.propose_pair(prompt["id"], judge_id, rows[0]["id"], rows[1]["id"], s_ch - s_rj)
+        judged = judgement(chosen, s_ch, category), judgement(rejected, s_rj, category)
+        store.add_judgements(judge_id, list(zip((r["id"] for r in rows), judged)))
+        store.propose_pair(prompt["id"], judge_id, rows[0]["id"], rows[1]["id"], margin(*(j.score for j in judged)))
     return [r["id"] for r in store.pairs()]
 
 

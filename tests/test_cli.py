@@ -31,7 +31,7 @@ def test_score_json_ranks_candidates(user_dirs):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["rank"] for r in rows] == [1, 2]
-    assert rows[0]["p_yes"] >= rows[1]["p_yes"]
+    assert rows[0]["score"] >= rows[1]["score"] and rows[0]["probability"]
     for row in rows:
         assert {"response", "p_yes", "mass", "category"} <= row.keys() and row["category"] == "math"
 

@@ -39,7 +39,7 @@ def labelled_pairs(path, copies: int = 2):
     (["bestofn", "-p", "q", "--top-p", "1.5"], "--top-p"),
     (["bestofn", "-p", "q", "--temperature", "-0.1"], "--temperature"),
     (["bestofn", "-p", "q", "--max-tokens", "0"], "--max-tokens"),
-    (["pairs", "build", "--prompts", "p", "--min-margin", "1.5"], "--min-margin"),
+    (["pairs", "build", "--prompts", "p", "--min-margin", "-0.5"], "--min-margin"),
     (["pairs", "accept", "--min-margin", "-0.1"], "--min-margin"),
     (["eval", "pairs.jsonl", "--limit", "0"], "--limit"),
     (["prompts", "search", "pairs.jsonl", "--folds", "1"], "--folds"),

@@ -124,7 +124,7 @@ def test_bestofn_ranks_sampled_answers(user_dirs):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert 1 <= len(rows) <= 3 and [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
-    assert all(a["p_yes"] >= b["p_yes"] for a, b in zip(rows, rows[1:]))
+    assert all(a["score"] >= b["score"] for a, b in zip(rows, rows[1:]))
 
 
 def test_wilson_interval():

@@ -24,7 +24,7 @@ def judge_with(backend, **category) -> Judge:
 
 
 def margins(judge: Judge, instruction: str = QUESTION, answers=ANSWERS) -> np.ndarray:
-    return np.array([j.logit_margin for j in judge.score(instruction, answers, "chat")])
+    return np.array([j.score for j in judge.score(instruction, answers, "chat")])
 
 
 def test_calibration_moves_thresholds_never_rankings(llama_backend):
@@ -70,7 +70,7 @@ def test_an_ensemble_averages_log_odds_not_probabilities(llama_backend):
     both = judge_with(llama_backend, templates=("chat", "chat-quality"))
     each = [margins(judge_with(llama_backend, templates=(name,))) for name in ("chat", "chat-quality")]
     judged = both.score(QUESTION, ANSWERS, "chat")
-    assert np.allclose([j.logit_margin for j in judged], (each[0] + each[1]) / 2, atol=1e-4)
+    assert np.allclose([j.score for j in judged], (each[0] + each[1]) / 2, atol=1e-4)
     assert judged[0].template == "chat+chat-quality"
     mean_p = (1 / (1 + np.exp(-each[0])) + 1 / (1 + np.exp(-each[1]))) / 2
     assert not np.allclose([j.p_yes for j in judged], mean_p, atol=1e-4)

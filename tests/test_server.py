@@ -117,7 +117,7 @@ def test_generation_missing_judgements_and_refusals(serve):
         remote.top_logprobs = 2
         judge = Judge(remote, config)
         [j] = judge.score("Count the words.", ["one two three"], "count")
-        assert judge.missing == 1 and j.missing and math.isnan(j.p_yes) and math.isnan(j.logit_margin) and j.mass == 0.0 and j.low_mass
+        assert judge.missing == 1 and j.missing and math.isnan(j.p_yes) and math.isnan(j.score) and j.mass == 0.0 and j.low_mass
         assert json.loads(json.dumps(j.as_dict(), allow_nan=False))["p_yes"] is None
 
         with pytest.raises(IpoError, match=r"does not serve 'nope'; it serves smollm2-135m"):
@@ -174,14 +174,14 @@ def test_a_server_killed_mid_run_keeps_what_was_stored_and_a_rerun_completes(ser
     with pytest.raises(IpoError, match=r"judging request 1 of 2 failed after 2 attempts"):
         stages.judge(store, Judge(remote), policy, rows, progress=killing_after(process, 1))
     remote.close()
-    judged = [sum(j["p_yes"] is not None for j in store.judgements(r["id"], ALIAS, ALIAS, "")) for r in rows]
+    judged = [sum(j["score"] is not None for j in store.judgements(r["id"], ALIAS, ALIAS, "")) for r in rows]
     assert judged == [2, 0, 0, 0]
 
     process, url = serve(weights.resolve(None).path)
     remote = connect(url)
     try:
         assert stages.judge(store, Judge(remote), policy, rows) == 6
-        assert all(j["p_yes"] is not None for r in rows for j in store.judgements(r["id"], ALIAS, ALIAS, ""))
+        assert all(j["score"] is not None for r in rows for j in store.judgements(r["id"], ALIAS, ALIAS, ""))
     finally:
         remote.close()
         store.close()
@@ -222,7 +222,7 @@ def test_a_loop_through_a_server_waits_for_the_new_policy_to_be_served(serve, tm
     record = iterations.run(store, loop_id, on_event=lambda m: None, base_url=new_url)
     [iteration] = record["done"]
     assert runner.info(store, loop_id).status == "completed" and record["server"]["served"] == {"0": ALIAS, "1": "policy-1"}
-    assert iteration["eval"]["held_out_prompts"] == 1 and iteration["eval"]["mean_p_yes_new_samples"] is not None
+    assert iteration["eval"]["held_out_prompts"] == 1 and iteration["eval"]["mean_score_new_samples"] is not None
     held_out = store.prompts("tiny")[-1]
     adapter = str(train_run.adapter.resolve())
     assert len(store.candidates(held_out["id"], "policy-1", adapter)) == 2  # the new policy's own samples

@@ -29,8 +29,8 @@ def store(tmp_path):
     s.close()
 
 
-def _judgement(p_yes):
-    return Judgement(response="", p_yes=p_yes, logit_margin=0.0, mass=0.3, category="chat", template="chat", low_mass=False)
+def _judgement(score):
+    return Judgement(response="", score=score, mass=0.3, category="chat", template="chat", low_mass=False)
 
 
 def test_new_workspace_is_migrated_and_in_wal_mode(store):
@@ -202,6 +202,37 @@ def test_a_schema_1_workspace_keeps_its_curation(tmp_path):
     store = Store(path)
     [pair] = store.pairs()
     assert pair["status"] == "accepted" and [r["curation"] for r in store.curation_counts()] == ["accept"]
+    store.close()
+
+
+def test_a_schema_3_workspace_reads_its_pair_margins_as_score_differences(tmp_path):
+    """Before the score ordered judgements, a pair's margin was a p'yes difference: two fitted-setting
+    answers at log-odds 40 and 38 both had p'yes 1.0 and margin 0. Opened now, every pair whose sides
+    are judged gets its margin from their scores; a rule's margin (random's 0) stays."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(";".join(MIGRATIONS[:3]) + ";PRAGMA user_version=3;")
+    db.execute("INSERT INTO prompt_sets (name, created_at) VALUES ('s', 'now')")
+    db.execute("INSERT INTO prompts (set_id, position, text) VALUES (1, 0, 'q')")
+    for i in range(4):
+        db.execute("INSERT INTO candidates (prompt_id, text, model, sample_index, seed, sampling, created_at) "
+                   f"VALUES (1, 't{i}', 'm', {i}, 0, '{{}}', 'now')")
+    judged = [(1, "m#0123456789", "code+code-run", 1.0, 40.0), (2, "m#0123456789", "code+code-run", 1.0, 38.0),
+              (3, "m", "chat", 0.7311, 1.0), (4, "m", "chat", 0.2689, -1.0)]
+    db.executemany("INSERT INTO judgements (candidate_id, judge, template, category, p_yes, mass, logit_margin, "
+                   "created_at) VALUES (?, ?, ?, 'code', ?, 0.5, ?, 'now')", judged)
+    db.executemany("INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at) "
+                   "VALUES (1, ?, ?, ?, ?, 'accepted', 'now')",
+                   [(1, 2, "m#0123456789", 0.0), (3, 4, "m", 0.4622), (1, 3, "random#0:m", 0.0)])
+    db.commit()
+    db.close()
+    store = Store(path)
+    pairs = {r["judge"]: r for r in store.pairs()}
+    assert pairs["m#0123456789"]["margin"] == pytest.approx(2.0) and pairs["m"]["margin"] == pytest.approx(2.0)
+    assert pairs["random#0:m"]["margin"] == 0.0
+    # p'yes is a probability only where the score is one template's own log-odds (the plain recipe's id)
+    assert pairs["m"]["probability"] == 1 and pairs["m#0123456789"]["probability"] == 0
+    assert [r["score"] for r in store.judgements(1, "m#0123456789", "m", "")][:2] == [40.0, 38.0]
     store.close()
 
 

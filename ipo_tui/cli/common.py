@@ -48,14 +48,14 @@ AdapterOpt = typer.Option(None, "--adapter", help="A trained LoRA adapter folder
 PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for quantized models up to 400M parameters).")
 JudgeModeOpt = typer.Option(None, "--judge-mode", help="pointwise (p'yes of each reply) or pairwise (A or B, both orders; pair-only uses). Default: the config's, else pointwise.")
 RouterOpt = typer.Option(None, "--router", help="keyword or model (the model's own next-token choice among the categories). Default: the config's, else keyword.")
-CalibrateOpt = typer.Option(None, "--calibrate/--no-calibrate", help="Subtract a content-free reply's score, so that it scores p'yes 0.5: rankings stay, thresholds such as --min-margin mean the same across prompts. Default: the config's, else off.")
+CalibrateOpt = typer.Option(None, "--calibrate/--no-calibrate", help="Subtract a content-free reply's score, so that it scores 0 (p'yes 0.5): rankings stay, thresholds such as --min-margin mean the same across prompts. Default: the config's, else off.")
 PlainOpt = typer.Option(False, "--judge-plain", help="The paper's recipe: each category's own template alone, ignoring the settings saved for this model.")
 SampleN = typer.Option(4, "-n", min=1, help="Candidates per prompt.")
 TemperatureOpt = typer.Option(0.8, "--temperature", min=0.0, max=TEMPERATURE_MAX, help="Sampling temperature (0: greedy).")
 TopPOpt = typer.Option(0.95, "--top-p", min=0.0, max=1.0, help="Nucleus sampling: draw from the likeliest tokens holding this much probability.")
 MaxTokensOpt = typer.Option(256, "--max-tokens", min=1, help="Tokens per answer at most.")
 SeedOpt = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Sampling seed.")
-MinMarginOpt = typer.Option(0.0, "--min-margin", min=0.0, max=1.0, help="Drop pairs whose p'yes margin is below this.")
+MinMarginOpt = typer.Option(0.0, "--min-margin", min=0.0, help="Drop pairs whose score margin (chosen's minus rejected's, in log-odds) is below this.")
 
 
 def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=None, threads=None,
@@ -203,17 +203,20 @@ def sampling_settings(n: int, temperature: float, top_p: float, max_tokens: int,
 
 
 def judgement_table(instruction: str, ranked) -> Table:
-    best = next((j.p_yes for j in ranked if not j.missing), 0.0)
+    """Ranked judgements: p'yes where each score is one template's own log-odds, else the score, and
+    each one's distance from the best, in log-odds (what orders them)."""
+    from ipo_tui.judge.scoring import margin, score_label, shown
+
+    label = score_label(j.probability for j in ranked)
+    best = ranked[0].score if ranked else None
     title = instruction if len(instruction) <= 80 else instruction[:77] + "..."
     table = Table(title=title, title_justify="left")
-    for col, justify in (("rank", "right"), ("p'yes", "right"), ("Δ best", "right"), ("mass", "right"),
+    for col, justify in (("rank", "right"), (label, "right"), ("Δ log-odds", "right"), ("mass", "right"),
                          ("category", "left"), ("template", "left"), ("response", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "response", min_width=len(col))
     for rank, j in enumerate(ranked, 1):
         mass = f"[red]{j.mass:.3f}[/]" if j.low_mass else f"{j.mass:.3f}"
         preview = " ".join(j.response.split())
-        score = None if j.missing else j.p_yes  # a server gave neither Yes nor No
-        delta = None if score is None else score - best
-        table.add_row(str(rank), cell(score, ".3f"), cell(delta, "+.3f"), mass, j.category, j.template,
-                      preview[:60] + ("..." if len(preview) > 60 else ""))
+        table.add_row(str(rank), cell(shown(j.score, label == "p'yes")), cell(shown(margin(j.score, best), False)),
+                      mass, j.category, j.template, preview[:60] + ("..." if len(preview) > 60 else ""))
     return table

@@ -281,7 +281,7 @@ def judge(
     score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
     base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
-    """Score the stored candidates of the judging model's own policy by p'yes."""
+    """Score the stored candidates of the judging model's own policy (p'yes, or the setting's score)."""
     from ipo_tui.loop import stages
 
     store = open_store(workspace)
@@ -295,6 +295,8 @@ def judge(
                                     "to continue with the next prompt"), bar:
         scored = stages.judge(store, engine, stages.policy_of(engine.backend), rows, category, progress)
     out.print(f"judged {scored} candidates")
+    if report := engine.terms_report():
+        err.print(report, highlight=False)
     if engine.missing:
         err.print(f"[yellow]note:[/] {engine.missing} candidates got neither Yes nor No among the server's top "
                   "logprobs: no score, not stored")
@@ -345,13 +347,19 @@ def pairs_list(
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """The pairs with their scores."""
+    from ipo_tui.judge.scoring import score_label, shown
     from ipo_tui.workspace.store import PAIR_STATUSES
 
-    table = Table("id", "status", "margin", "chosen p'yes", "rejected p'yes", "category", "prompt")
-    for r in open_store(workspace).pairs(tuple(status) or PAIR_STATUSES):
-        table.add_row(str(r["id"]), r["status"], cell(r["margin"], ".3f"), cell(r["score_chosen"], ".3f"),
-                      cell(r["score_rejected"], ".3f"), cell(r["category"]), " ".join(r["prompt"].split())[:60])
+    rows = open_store(workspace).pairs(tuple(status) or PAIR_STATUSES)
+    label = score_label(r["probability"] for r in rows if r["probability"] is not None)
+    table = Table("id", "status", "margin", f"chosen {label}", f"rejected {label}", "category", "prompt")
+    for r in rows:
+        table.add_row(str(r["id"]), r["status"], cell(r["margin"], "+.2f"), cell(shown(r["score_chosen"], label == "p'yes")),
+                      cell(shown(r["score_rejected"], label == "p'yes")), cell(r["category"]),
+                      " ".join(r["prompt"].split())[:60])
     out.print(table)
+    out.print("margin: the chosen reply's score minus the rejected one's, in log-odds "
+              "(pairs by `longer`: characters; by `random`: 0)", style="dim")
 
 
 @pairs_app.command("stats")
@@ -403,7 +411,7 @@ def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> N
 @pairs_app.command("accept")
 def pairs_accept(
     ids: list[int] = typer.Argument(None, help="Pair ids."),
-    min_margin: float | None = typer.Option(None, "--min-margin", min=0.0, max=1.0, help="Also every proposed pair with at least this margin."),
+    min_margin: float | None = typer.Option(None, "--min-margin", min=0.0, help="Also every proposed pair with at least this score margin (log-odds)."),
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Accept pairs for training (`ipo train dpo --pairs accepted`)."""

@@ -96,7 +96,7 @@ def bestofn(
     score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
     base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
-    """Sample n answers and pick the best by p'yes, showing every score."""
+    """Sample n answers and pick the best by the judge's score, showing every score."""
     from ipo_tui.evaluation.pairwise import best_of_n
 
     if not prompt.strip():

@@ -48,7 +48,8 @@ def score(
     score_precision: str = PrecisionOpt, adapter: str | None = AdapterOpt,
     base_url: str | None = BaseUrlOpt, concurrency: int = ConcurrencyOpt,
 ) -> None:
-    """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each."""
+    """Score candidate responses by p'yes = p(Yes) / (p(Yes) + p(No)) from one forward pass each
+    (under a configured setting, by its combined score in log-odds)."""
     from ipo_tui.workspace.candidates import Candidate, read_candidates
 
     candidates = [Candidate(prompt or "", r) for r in response]
@@ -77,6 +78,8 @@ def score(
             progress(done, len(candidates))
     for instruction, judgements in scored:
         _show(judge, instruction, judgements, as_json)
+    if report := judge.terms_report():
+        err.print(report, highlight=False)
 
 
 def _show(judge, instruction: str, judgements: list, as_json: bool) -> None:

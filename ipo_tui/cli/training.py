@@ -273,14 +273,14 @@ def show_loop(store, record: dict) -> None:
     the change against policy 0 and its McNemar p-value, and a bar per policy of the first figure."""
     from ipo_tui.loop.iterations import benchmarks
 
-    table = Table("iteration", "pairs by", "pairs", "held-out agreement", "mean p'yes prev → new", "sample tokens",
+    table = Table("iteration", "pairs by", "pairs", "held-out agreement", "mean score prev → new", "sample tokens",
                   "logp chosen / rejected", title="iterations", title_justify="left")
     done = record.get("done") or []  # a loop record cut short (a damaged or hand-edited workspace)
     for it in done:
         e, d = it.get("eval") or {}, it.get("drift") or {}
         logps = f"{d['logps_chosen'][1]:.0f} / {d['logps_rejected'][1]:.0f}" if "logps_chosen" in d else ""
         table.add_row(str(it["iteration"]), it.get("pairs_by", "ipo"), str(it["pairs"]), cell(e.get("held_out_agreement"), ".3f"),
-                      f"{cell(e.get('mean_p_yes_previous_samples'), '.3f')} → {cell(e.get('mean_p_yes_new_samples'), '.3f')}",
+                      f"{cell(e.get('mean_score_previous_samples'), '+.2f')} → {cell(e.get('mean_score_new_samples'), '+.2f')}",
                       "" if d.get("sample_tokens") is None else f"{d['sample_tokens']:.0f}", logps)
     out.print(table)
     for it in done:

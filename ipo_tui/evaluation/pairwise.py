@@ -72,6 +72,7 @@ def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,
     if judge_name not in JUDGES:
         raise IpoError(f"unknown judge {judge_name!r}: choose ipo or self-reward")
     from ipo_tui.judge import self_reward
+    from ipo_tui.judge.scoring import prefers
 
     result = EvalResult(judge_name, settings=judge.describe() if judge_name == "ipo" else None)
     if judge_name != "ipo" or judge.settings.mode != "pairwise":
@@ -89,7 +90,7 @@ def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,
             chosen, rejected = judge.score(row["prompt"], [row["chosen"], row["rejected"]], category)
             result.masses += [chosen.mass, rejected.mass]
             result.missing += chosen.missing + rejected.missing
-            good = chosen.p_yes > rejected.p_yes  # False for a missing (NaN) score, like a tie
+            good = prefers(chosen.score, rejected.score)  # a tie or a missing score is not right
         else:
             chosen, _ = self_reward.rate(backend, row["prompt"], row["chosen"])
             rejected, _ = self_reward.rate(backend, row["prompt"], row["rejected"])
@@ -110,7 +111,7 @@ def evaluate(pairs: list[dict], judge_name: str, judge=None, backend=None,
 
 
 def best_of_n(judge, prompt: str, sampling, category: str | None = None) -> list:
-    """`sampling.n` answers sampled from the judge's own model, ranked by p'yes (best first)."""
+    """`sampling.n` answers sampled from the judge's own model, ranked by the judge's score (best first)."""
     from ipo_tui.judge.routing import route
 
     answers = [a for a in judge.backend.generate([{"role": "user", "content": prompt}], sampling) if a.strip()]

@@ -42,22 +42,71 @@ _TAIL_MIN = 32  # tokens of the response always kept when the instruction itself
 @dataclass(frozen=True)
 class Judgement:
     response: str
-    p_yes: float
-    logit_margin: float  # z_yes - z_no (log-sum-exp over the variant ids); p_yes = sigmoid of it
+    # The judge's log-odds that the response is good: z_yes - z_no for one template (log-sum-exp over
+    # the variant ids), the setting's combination otherwise. It orders, compares and thresholds every
+    # judgement: a combined score runs far past where its sigmoid rounds to 1.0. NaN when missing.
+    score: float
     mass: float  # p(Yes) + p(No) over the full vocabulary (over the top logprobs a server returned)
     category: str
-    template: str  # the templates whose log-odds were averaged, joined by "+"
+    template: str  # the templates whose log-odds were combined, joined by "+"
     low_mass: bool
     truncated: str | None = None  # what was cut to fit the context, if anything
-    missing: bool = False  # neither Yes nor No among a server's top logprobs: p_yes, logit_margin are NaN
+    missing: bool = False  # neither Yes nor No among a server's top logprobs: no score
+    probability: bool = False  # the score is one template's own log-odds: p_yes is p(Yes) / (p(Yes) + p(No))
+
+    @property
+    def p_yes(self) -> float:
+        return sigmoid(self.score)
 
     def as_dict(self) -> dict:
         return {
-            "response": self.response, "p_yes": None if self.missing else self.p_yes,  # JSON has no NaN
-            "logit_margin": None if self.missing else self.logit_margin,
+            "response": self.response, "score": None if self.missing else self.score,  # JSON has no NaN
+            "p_yes": None if self.missing else self.p_yes, "probability": self.probability,
             "mass": self.mass, "category": self.category, "template": self.template,
             "low_mass": self.low_mass, "truncated": self.truncated, "missing": self.missing,
         }
+
+
+# --- one score orders every judgement -------------------------------------------------------------
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _judgement_score(j: Judgement) -> float:
+    return j.score
+
+
+def ranked(items: list, score=_judgement_score) -> list:
+    """Best score first; items without one (missing, NaN or None) last, in their order."""
+    def key(item):
+        s = score(item)
+        return (1, 0.0) if s is None or math.isnan(s) else (0, -s)
+
+    return sorted(items, key=key)
+
+
+def margin(chosen: float | None, rejected: float | None) -> float:
+    """How far the judge prefers `chosen` to `rejected`, in score units (NaN when either has no score)."""
+    return math.nan if chosen is None or rejected is None else chosen - rejected
+
+
+def prefers(chosen: float | None, rejected: float | None) -> bool:
+    """Whether the judge scores `chosen` above `rejected`: a tie or a missing score is not a preference."""
+    return margin(chosen, rejected) > 0
+
+
+def score_label(probabilities) -> str:
+    """What a column of scores shows: p'yes where every judgement's score is one template's own
+    log-odds, the score itself (log-odds) where any is a combination."""
+    return "p'yes" if all(probabilities) else "score"
+
+
+def shown(score: float | None, as_probability: bool) -> str | None:
+    """A score as a person reads it: p'yes (3 decimals) or signed log-odds; None where there is none."""
+    if score is None or math.isnan(score):
+        return None
+    return f"{sigmoid(score):.3f}" if as_probability else f"{score:+.2f}"
 
 
 def variant_ids(backend: Backend, variants: tuple[str, ...]) -> list[int]:
@@ -75,24 +124,32 @@ def log_length(texts: list[str]) -> np.ndarray:
     return np.log1p(np.array([len(t) for t in texts], dtype=np.float64))
 
 
+def score_terms(margins: list[np.ndarray], baselines: list[np.ndarray] | None, signs: list[int],
+                lengths: np.ndarray, setting: CategorySetting,
+                reply: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Each term of a category's score, by name, from each template's raw z_yes - z_no (and, when
+    the setting uses them, each template's margin for the same responses under a content-free
+    instruction, and each reply's (PMI with the instruction, tokens)): a_t * m_t per template,
+    - sum_t b_t * m0_t, - length_slope * (log length - centre), reply_pmi * R + reply_pmi_per_token *
+    R / tokens; with (a, b) the setting's coefficients (for a hand-written setting, the mean over
+    templates of sign * (m - pmi * m0))."""
+    a, b = setting.coefficients(signs)
+    terms = {name: w * m for name, w, m in zip(setting.templates, a, margins)}
+    if setting.uses_baselines:
+        terms["content-free margins"] = -sum(w * m0 for w, m0 in zip(b, baselines))
+    if setting.length_slope:
+        terms["length"] = -setting.length_slope * (lengths - setting.length_centre)
+    if setting.uses_reply_pmi:
+        pmi, tokens = reply
+        terms["reply PMI"] = setting.reply_pmi * pmi + setting.reply_pmi_per_token * pmi / tokens
+    return terms
+
+
 def combine(margins: list[np.ndarray], baselines: list[np.ndarray] | None, signs: list[int],
             lengths: np.ndarray, setting: CategorySetting,
             reply: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """A category's margin from each template's raw z_yes - z_no (and, when the setting uses them,
-    each template's margin for the same responses under a content-free instruction, and each
-    reply's (PMI with the instruction, tokens)): sum_t a_t * m_t - sum_t b_t * m0_t - length_slope *
-    (log length - centre) + reply_pmi * R + reply_pmi_per_token * R / tokens, with (a, b) the
-    setting's coefficients (for a hand-written setting, the mean over templates of sign * (m - pmi * m0))."""
-    a, b = setting.coefficients(signs)
-    out = sum(w * m for w, m in zip(a, margins))
-    if setting.uses_baselines:
-        out = out - sum(w * m0 for w, m0 in zip(b, baselines))
-    if setting.length_slope:
-        out = out - setting.length_slope * (lengths - setting.length_centre)
-    if setting.uses_reply_pmi:
-        pmi, tokens = reply
-        out = out + setting.reply_pmi * pmi + setting.reply_pmi_per_token * pmi / tokens
-    return out
+    """A category's score: the sum of its terms."""
+    return sum(score_terms(margins, baselines, signs, lengths, setting, reply).values())
 
 
 class Judge:
@@ -112,6 +169,8 @@ class Judge:
         if not self.by_text and (not self.yes_ids or not self.no_ids):
             raise IpoError("this model's vocabulary has no single token for Yes or No; it cannot be used as a judge")
         self.missing = 0  # judgements so far with neither Yes nor No among a server's top logprobs
+        self.term_sizes: dict[str, float] = {}  # each score term's summed |value| over the responses judged
+        self.judged = 0  # responses scored so far, the base of term_sizes
 
     @property
     def policy(self) -> str:
@@ -207,30 +266,53 @@ class Judge:
                 raise IpoError(f"response {i} is empty: give each candidate some text")
         category = category or self.route(instruction)
         setting = self.setting_for(category)
-        margin, mass, notes = self._combined(instruction, responses, setting)
+        terms, mass, notes = self._terms(instruction, responses, setting)
+        scores = sum(terms.values())
         if self.settings.calibrate:
-            margin = margin - self.offset(instruction, category)
-        self.missing += int(np.isnan(margin).sum())
+            scores = scores - self.offset(instruction, category)
+        self.missing += int(np.isnan(scores).sum())
+        self._tally(terms)
+        probability = setting.single and self.named(setting.templates[0]).sign > 0 and not self.settings.calibrate
         return [
             Judgement(
-                response=r, p_yes=_sigmoid(m), logit_margin=float(m), mass=float(ms), category=category,
+                response=r, score=float(m), mass=float(ms), category=category,
                 template="+".join(setting.templates), low_mass=bool(ms < self.min_mass), truncated=note,
-                missing=bool(math.isnan(m)),
+                missing=bool(math.isnan(m)), probability=probability,
             )
-            for r, note, m, ms in zip(responses, notes, margin, mass)
+            for r, note, m, ms in zip(responses, notes, scores, mass)
         ]
 
-    def _combined(self, instruction: str, responses: list[str], setting: CategorySetting):
-        """(margin, mass, truncation notes) under a category's setting."""
+    def _terms(self, instruction: str, responses: list[str], setting: CategorySetting):
+        """(score terms, mass, truncation notes) under a category's setting."""
         templates = [self.named(name) for name in setting.templates]
         raw = [self.margins(t, instruction, responses) for t in templates]
         baselines = [self.baselines(t, responses) for t in templates] if setting.uses_baselines else None
         reply = self.reply_pmi(instruction, responses) if setting.uses_reply_pmi else None
-        margin = combine([m for m, _, _ in raw], baselines, [t.sign for t in templates], log_length(responses),
-                         setting, reply)
+        terms = score_terms([m for m, _, _ in raw], baselines, [t.sign for t in templates], log_length(responses),
+                            setting, reply)
         mass = np.mean([ms for _, ms, _ in raw], axis=0)
         notes = [next((n[i] for _, _, n in raw if n[i]), None) for i in range(len(responses))]
-        return margin, mass, notes
+        return terms, mass, notes
+
+    def _tally(self, terms: dict[str, np.ndarray]) -> None:
+        for name, values in terms.items():
+            self.term_sizes[name] = self.term_sizes.get(name, 0.0) + float(np.nansum(np.abs(values)))
+        self.judged += len(next(iter(terms.values())))
+
+    def terms_report(self) -> str | None:
+        """The share of the score each term carried on the responses judged so far, largest first,
+        where a setting has several: one term with most of it decides the ranking alone. None for a
+        single template's score."""
+        total = sum(self.term_sizes.values())
+        if len(self.term_sizes) < 2 or not total:
+            return None
+        shares = sorted(((size / total, name) for name, size in self.term_sizes.items()), reverse=True)
+        line = (f"score terms on the {self.judged} responses judged (share of |score|): "
+                + ", ".join(f"{name} {share:.0%}" for share, name in shares))
+        if "reply PMI" in self.term_sizes and self.term_sizes["reply PMI"] / total >= 0.5:
+            line += ("; the reply PMI is summed over the reply's tokens, so it grows with the reply's length "
+                     "and here decides most of the ranking")
+        return line
 
     def margins(self, template: Template, instruction: str, responses: list[str]):
         """Raw (z_yes - z_no, Yes+No mass, truncation notes) of each response under one template."""
@@ -274,13 +356,13 @@ class Judge:
 
     def offset(self, instruction: str, category: str) -> float:
         """The calibration offset of (category setting, instruction): the score of a content-free
-        reply, so that such a reply scores p'yes 0.5. It is the same for every candidate of an
+        reply, so that such a reply scores 0 (p'yes 0.5). It is the same for every candidate of an
         instruction, so it never changes their ranking; it moves thresholds and comparisons across
         prompts. One extra pass per instruction, cached."""
         key = (category, instruction)
         if key not in self._offsets:
-            margin, _, _ = self._combined(instruction, [CONTENT_FREE], self.setting_for(category))
-            self._offsets[key] = float(margin[0])
+            terms, _, _ = self._terms(instruction, [CONTENT_FREE], self.setting_for(category))
+            self._offsets[key] = float(sum(terms.values())[0])
         return self._offsets[key]
 
     def score_tokens(self, token_lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -330,10 +412,3 @@ def _default_digest() -> str:
     return JudgeSettings().digest(load_templates(None))
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def ranked(judgements: list[Judgement]) -> list[Judgement]:
-    """Best p'yes first; missing judgements (no score) last."""
-    return sorted(judgements, key=lambda j: (j.missing, 0.0 if j.missing else -j.p_yes))

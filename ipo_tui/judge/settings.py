@@ -56,6 +56,12 @@ class CategorySetting:
         return bool(self.weights)
 
     @property
+    def single(self) -> bool:
+        """One template asked alone, nothing fitted or added: the score is that template's own log-odds."""
+        return len(self.templates) == 1 and not (self.fitted or self.uses_baselines or self.length_slope
+                                                 or self.uses_reply_pmi)
+
+    @property
     def uses_baselines(self) -> bool:
         """Whether a score needs each response's margin under the content-free instruction."""
         return bool(self.pmi or any(self.pmi_weights))

@@ -1,7 +1,7 @@
 """How a loop picks chosen and rejected among a prompt's candidates: the method and its controls.
 
-- `ipo`: the policy's own p'yes (the method).
-- `judge:MODEL`: another local model's p'yes (an external judge, the paper's reward-model row).
+- `ipo`: the policy's own judgement, its score (the method).
+- `judge:MODEL`: another local model's score (an external judge, the paper's reward-model row).
 - `self-reward`: the policy's own 1-5 rating (judge/self_reward.py); ties and unparsed ratings
   give no pair.
 - `random`: two different candidates at random (seeded by the loop's seed and the prompt).
@@ -37,7 +37,7 @@ def parse(value: str) -> str:
 
 
 def pairer_id(pairs_by: str, policy: Policy, seed: int) -> str:
-    """The judge column of a rule's or the self-reward arm's pairs (the p'yes arms use their Judge's id)."""
+    """The judge column of a rule's or the self-reward arm's pairs (the judging arms use their Judge's id)."""
     if pairs_by == "random":
         return f"random#{seed}:{policy.judge_id}"
     return f"{pairs_by}:{policy.judge_id}"
@@ -69,17 +69,17 @@ def by_rule(store: Store, rule: str, pairer: str, policy: Policy, prompts, seed:
 def rate(store: Store, engine, pairer: str, policy: Policy, prompts,
          progress: Progress = lambda done, total: None) -> int:
     """The self-reward arm's judging: the policy rates each of its candidates 1-5, stored as a
-    judgement by `pairer` with p_yes = rating / 5 (so that build_pairs ranks by it). An unparsed
+    judgement by `pairer` whose score is the rating (so that build_pairs ranks by it). An unparsed
     rating is not stored and is asked again on a resume (greedy: the same answer)."""
     def one(prompt) -> int:
         rows = [r for r in store.judgements(prompt["id"], pairer, policy.model, policy.adapter)
-                if r["p_yes"] is None and r["text"].strip()]
+                if r["score"] is None and r["text"].strip()]
         category = category_for(prompt["category"], prompt["text"])
         rated = []
         for row in rows:
             score, _ = self_reward.rate(engine, prompt["text"], row["text"])
             if score is not None:
-                rated.append((row["candidate_id"], Judgement(row["text"], score / 5, float(score), 1.0, category,
+                rated.append((row["candidate_id"], Judgement(row["text"], float(score), 1.0, category,
                                                              "self-reward", False)))
         store.add_judgements(pairer, rated, {"pairs_by": "self-reward", "rubric": "additive 1-5"})
         return len(rated)

@@ -37,7 +37,7 @@ from ipo_tui import backends
 from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
 from ipo_tui.errors import IpoError
-from ipo_tui.judge.scoring import configured_judge
+from ipo_tui.judge.scoring import configured_judge, prefers
 from ipo_tui.loop import controls, server_handoff, stages
 from ipo_tui.training import runner
 from ipo_tui.training import settings as train_settings
@@ -355,7 +355,7 @@ def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str
     for pair in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], previous_judge):
         if pair["prompt_id"] in held_ids:
             chosen, rejected = judge.score(pair["prompt"], [pair["chosen"], pair["rejected"]])
-            agree, total = agree + (chosen.p_yes > rejected.p_yes), total + 1
+            agree, total = agree + prefers(chosen.score, rejected.score), total + 1
     result["held_out_agreement"] = round(agree / total, 4) if total else None
     if held_out:
         # the new policy's samples here are the ones the next iteration would draw, so nothing is wasted
@@ -365,10 +365,10 @@ def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str
         means = {}
         for name, policy in (("previous", previous), ("new", new)):
             stages.judge(store, judge, policy, held_out)
-            scores = [r["p_yes"] for p in held_out for r in store.judgements(p["id"], judge.id, policy.model, policy.adapter)
-                      if r["p_yes"] is not None]
+            scores = [r["score"] for p in held_out for r in store.judgements(p["id"], judge.id, policy.model, policy.adapter)
+                      if r["score"] is not None]
             means[name] = round(sum(scores) / len(scores), 4) if scores else None
-        result["mean_p_yes_previous_samples"], result["mean_p_yes_new_samples"] = means["previous"], means["new"]
+        result["mean_score_previous_samples"], result["mean_score_new_samples"] = means["previous"], means["new"]
     return result
 
 

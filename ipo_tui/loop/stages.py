@@ -9,13 +9,14 @@ at the end, after the others are done and stored; three failures in a row stop t
 from __future__ import annotations
 
 import contextlib
+from operator import itemgetter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipo_tui.backends.base import Backend, Sampling, sample_seed
 from ipo_tui.errors import IpoError
 from ipo_tui.judge.routing import category_for
-from ipo_tui.judge.scoring import Judge, Judgement
+from ipo_tui.judge.scoring import Judge, Judgement, margin, ranked
 from ipo_tui.workspace import locks
 from ipo_tui.workspace.store import Store
 
@@ -108,7 +109,7 @@ def judge(store: Store, judge: Judge, policy: Policy, prompts, category: str | N
 
     def one(prompt) -> int:
         rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter)
-                if r["p_yes"] is None and r["text"].strip()]
+                if r["score"] is None and r["text"].strip()]
         if not rows:
             return 0
         results = judge.score(prompt["text"], [r["text"] for r in rows],
@@ -141,18 +142,18 @@ class PairReport:
 
 def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin: float,
                 pairwise=None) -> PairReport:
-    """chosen = highest p'yes, rejected = lowest; pairs whose p'yes spread is below `min_margin` (or
-    tied) are dropped. With a `pairwise` judge (judge/pairwise.py), it re-ranks the top two (the
-    better is chosen) and the bottom two (the worse is rejected), both orders asked."""
+    """chosen = highest score, rejected = lowest; pairs whose score spread (in log-odds) is below
+    `min_margin` (or tied) are dropped. With a `pairwise` judge (judge/pairwise.py), it re-ranks the
+    top two (the better is chosen) and the bottom two (the worse is rejected), both orders asked."""
     report = PairReport()
     for prompt in prompts:
-        rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter) if r["p_yes"] is not None]
+        rows = [r for r in store.judgements(prompt["id"], judge_id, policy.model, policy.adapter) if r["score"] is not None]
         if len(rows) < 2:
             report.too_few += 1
             continue
-        rows.sort(key=lambda r: -r["p_yes"])
+        rows = ranked(rows, itemgetter("score"))
         best, worst = rows[0], rows[-1]
-        margin = best["p_yes"] - worst["p_yes"]
+        spread = margin(best["score"], worst["score"])
         if pairwise is not None:
             top, bottom = rows[:2], rows[-2:]
             if pairwise.compare(prompt["text"], top[1]["text"], top[0]["text"]).margin > 0:
@@ -161,12 +162,12 @@ def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin
                 worst = top[0] if best is top[1] else top[1]
             elif pairwise.compare(prompt["text"], bottom[0]["text"], bottom[1]["text"]).margin < 0:
                 worst = bottom[0]
-            if best is worst:  # three candidates, the middle one both better and worse: keep p'yes's pick
+            if best is worst:  # three candidates, the middle one both better and worse: keep the score's pick
                 best, worst = rows[0], rows[-1]
-        if margin <= 0 or margin < min_margin:
+        if spread <= 0 or spread < min_margin:
             report.too_close += 1
             continue
-        store.propose_pair(prompt["id"], judge_id, best["candidate_id"], worst["candidate_id"], margin)
+        store.propose_pair(prompt["id"], judge_id, best["candidate_id"], worst["candidate_id"], spread)
         report.proposed += 1
     return report
 
@@ -212,8 +213,8 @@ def save_scored_pair(store: Store, judge: Judge, instruction: str, category: str
     ids = {(r["model"], r["adapter"], r["sample_index"]): r["id"] for r in store.candidates(prompt_id)}
     cid = [ids[key] for key in placed]
     store.add_judgements(judge_id, [(i, c.judgement) for i, c in zip(cid, candidates)], judge.describe())
-    margin = candidates[best].judgement.p_yes - candidates[worst].judgement.p_yes
-    store.propose_pair(prompt_id, judge_id, cid[best], cid[worst], margin)
+    store.propose_pair(prompt_id, judge_id, cid[best], cid[worst],
+                       margin(candidates[best].judgement.score, candidates[worst].judgement.score))
     [pair_id] = [r["id"] for r in store.pairs(set_name=LAB_SET, judge=judge_id) if r["prompt_id"] == prompt_id]
     store.set_pair_status(pair_id, "accepted")
     return pair_id, LAB_SET

@@ -290,7 +290,7 @@ class IpoApp(App):
             ("Save pair", "Store the best and worst candidates as an accepted pair", "lab", "save_pair"),
             ("Add candidate", "Add a candidate editor to the score lab", "lab", "add_candidate"),
             ("Export pairs", "Write the pairs as TRL JSONL", "pairs", "export"),
-            ("Bulk-accept pairs", "Accept the shown proposed pairs above the margin", "pairs", "bulk_accept"),
+            ("Bulk-accept pairs", "Accept the shown proposed pairs whose margin (log-odds) reaches the bulk margin", "pairs", "bulk_accept"),
             ("Run evaluation", "Evaluate the judge on a RewardBench-format file", "eval", "run_eval"),
             ("Start training run", "Launch a training run with the form's settings", "train", "start_run"),
             ("Refresh runs", "Reread the runs from the workspace", "runs", "refresh"),

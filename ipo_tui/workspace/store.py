@@ -81,6 +81,22 @@ MIGRATIONS = [
         response TEXT NOT NULL, result TEXT NOT NULL, seconds REAL NOT NULL, created_at TEXT NOT NULL,
         PRIMARY KEY (bench_id, task, item));
     """,
+    # one score orders every judgement: its log-odds (the column logit_margin, read as `score`), and
+    # whether that is one template's own log-odds (p'yes a probability) or a setting's combination:
+    # the plain recipe's judge ids carry no settings digest. Pairs' margins become score differences
+    # wherever both sides are judged (a rule's margin, random's 0 or longer's characters, stays).
+    """
+    ALTER TABLE judgements ADD COLUMN probability INTEGER NOT NULL DEFAULT 0;
+    UPDATE judgements SET probability = 1 WHERE template NOT LIKE '%+%' AND template <> 'self-reward'
+        AND judge NOT GLOB '*#[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]';
+    UPDATE pairs SET margin = (
+        SELECT jc.logit_margin - jr.logit_margin FROM judgements jc, judgements jr
+        WHERE jc.candidate_id = pairs.chosen_id AND jc.judge = pairs.judge
+          AND jr.candidate_id = pairs.rejected_id AND jr.judge = pairs.judge
+        ORDER BY jc.id DESC, jr.id DESC LIMIT 1)
+    WHERE EXISTS (SELECT 1 FROM judgements WHERE candidate_id = pairs.chosen_id AND judge = pairs.judge)
+      AND EXISTS (SELECT 1 FROM judgements WHERE candidate_id = pairs.rejected_id AND judge = pairs.judge);
+    """,
 ]
 CURATIONS = ("accept", "reject", "swap", "edit")
 
@@ -97,6 +113,16 @@ _CODE_OF_MESSAGE = {"database is locked": BUSY, "attempt to write a readonly dat
                     "disk I/O error": IOERR, "database disk image is malformed": CORRUPT,
                     "unable to open database file": CANTOPEN, "database or disk is full": FULL,
                     "file is not a database": NOTADB}
+
+
+# a judgement's row: its score in the column logit_margin (the name it had before it ordered
+# everything), and p_yes = sigmoid(score) kept for readers of the file
+_INSERT_JUDGEMENT = ("INSERT OR REPLACE INTO judgements (candidate_id, judge, template, category, p_yes, mass, "
+                     "logit_margin, probability, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _judgement_row(candidate_id: int, judge: str, j, stamp: str) -> tuple:
+    return (candidate_id, judge, j.template, j.category, j.p_yes, j.mass, j.score, int(j.probability), stamp)
 
 
 def default_path() -> Path:
@@ -361,15 +387,14 @@ class Store:
                 db.execute("INSERT OR IGNORE INTO judges (id, settings, created_at) VALUES (?, ?, ?)",
                            (judge, json.dumps(settings, sort_keys=True), stamp))
             db.executemany(
-                "INSERT OR REPLACE INTO judgements (candidate_id, judge, template, category, p_yes, mass, logit_margin, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(cid, judge, j.template, j.category, j.p_yes, j.mass, j.logit_margin, stamp) for cid, j in rows],
+                _INSERT_JUDGEMENT, [_judgement_row(cid, judge, j, stamp) for cid, j in rows],
             )
 
     def judgements(self, prompt_id: int, judge: str, model: str, adapter: str) -> list[sqlite3.Row]:
         """The candidates of a prompt by one policy, with their judgement by `judge` (NULL where none yet)."""
         return self.db.execute(
-            "SELECT c.id AS candidate_id, c.text, c.sample_index, j.p_yes, j.mass, j.logit_margin, j.template, j.category "
+            "SELECT c.id AS candidate_id, c.text, c.sample_index, j.logit_margin AS score, j.probability, j.mass, "
+            "j.template, j.category "
             "FROM candidates c LEFT JOIN judgements j ON j.candidate_id = c.id AND j.judge = ? "
             "WHERE c.prompt_id = ? AND c.model = ? AND c.adapter = ? ORDER BY c.sample_index, c.id",
             (judge, prompt_id, model, adapter)).fetchall()
@@ -430,12 +455,8 @@ class Store:
                     "INSERT INTO candidates (prompt_id, text, model, adapter, sample_index, seed, sampling, created_at) "
                     "VALUES (?, ?, 'edited', '', ?, 0, '{}', ?)", (pair["prompt_id"], text, index, now())).lastrowid
                 if side in judgements:
-                    j = judgements[side]
-                    db.execute(
-                        "INSERT OR REPLACE INTO judgements (candidate_id, judge, template, category, p_yes, mass, "
-                        "logit_margin, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (ids[side], pair["judge"], j.template, j.category, j.p_yes, j.mass, j.logit_margin, now()))
-            scores = {side: db.execute("SELECT p_yes FROM judgements WHERE candidate_id = ? AND judge = ?",
+                    db.execute(_INSERT_JUDGEMENT, _judgement_row(ids[side], pair["judge"], judgements[side], now()))
+            scores = {side: db.execute("SELECT logit_margin FROM judgements WHERE candidate_id = ? AND judge = ?",
                                        (cid, pair["judge"])).fetchone() for side, cid in ids.items()}
             margin = (scores["chosen"][0] - scores["rejected"][0]
                       if scores["chosen"] and scores["rejected"] else pair["margin"])
@@ -451,7 +472,8 @@ class Store:
         sql = (
             "SELECT pr.id, pr.prompt_id, pr.status, pr.margin, pr.judge, pr.updated_at, p.text AS prompt, p.category AS prompt_category, "
             "s.name AS prompt_set, ch.text AS chosen, rj.text AS rejected, "
-            "jc.p_yes AS score_chosen, jr.p_yes AS score_rejected, jc.category AS category "
+            "jc.logit_margin AS score_chosen, jr.logit_margin AS score_rejected, "
+            "jc.probability AND jr.probability AS probability, jc.category AS category "
             "FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id JOIN prompt_sets s ON s.id = p.set_id "
             "JOIN candidates ch ON ch.id = pr.chosen_id JOIN candidates rj ON rj.id = pr.rejected_id "
             "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "

@@ -1,5 +1,5 @@
 """Evaluation: pairwise accuracy of the loaded model as a judge on a RewardBench-format file,
-IPO (p'yes) and the self-rewarding baseline side by side, per category, with a bar chart; and the
+IPO (the judge's score) and the self-rewarding baseline side by side, per category, with a bar chart; and the
 loaded policy's objective benchmark (IFEval, GSM8K: `ipo bench`), stored in the workspace."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Score lab: an instruction, candidate editors, and each candidate's p'yes live as you type.
+"""Score lab: an instruction, candidate editors, and each candidate's score live as you type.
 
 Every edit bumps a version number and (re)starts a 300 ms debounce timer; when it fires, one
 exclusive thread worker scores all candidates with the shared prefix in the KV cache. A newer
@@ -18,6 +18,7 @@ from textual.worker import get_current_worker
 
 from ipo_tui.errors import IpoError
 from ipo_tui.judge.routing import route
+from ipo_tui.judge.scoring import margin, prefers, ranked
 from ipo_tui.judge.templates import CATEGORIES
 from ipo_tui.loop.stages import ScoredCandidate, save_scored_pair
 from ipo_tui.tui.screens.base import ModeScreen
@@ -67,7 +68,7 @@ class LabScreen(ModeScreen):
     HELP = """\
 | key | what |
 | --- | --- |
-| type | each candidate's p'yes updates 300 ms after you stop typing |
+| type | each candidate's score updates 300 ms after you stop typing |
 | `ctrl+g` | generate n candidates from the model (again: stop) |
 | `ctrl+s` | save best and worst as an accepted pair (prompt set `lab`) |
 | `ctrl+n` / `ctrl+r` | add a candidate / remove the focused (or last) one |
@@ -78,7 +79,10 @@ class LabScreen(ModeScreen):
 The template edits apply to scoring for the rest of this session; both `{instruction}` and
 `{response}` must stay in the user text. The bar shows p'yes, and Yes/No are the probabilities
 p(Yes) and p(No) over the full vocabulary: when their sum (the mass) is below the judge's
-threshold, the model is not answering Yes/No under this template.
+threshold, the model is not answering Yes/No under this template. A judge setting that combines
+several templates, fitted weights, the reply's PMI or calibration shows its score instead: the
+log-odds, signed, with no bar (its p'yes would read 1.000 for every candidate). Best and worst,
+and a saved pair's margin, always follow the score.
 """
 
     def __init__(self) -> None:
@@ -308,9 +312,11 @@ threshold, the model is not answering Yes/No under this template.
         self.error(message.error, "scoring")
 
     def _rank(self) -> None:
-        scored = [c for c in self.cards if c.judgement is not None and not getattr(c.judgement, "missing", False)]
-        best = max(scored, key=lambda c: c.judgement.p_yes) if len(scored) > 1 else None
-        worst = min(scored, key=lambda c: c.judgement.p_yes) if len(scored) > 1 else None
+        judged = [c for c in self.cards if c.judgement is not None and not getattr(c.judgement, "missing", False)]
+        scored = ranked(judged, lambda c: c.judgement.score)
+        best = worst = None
+        if len(scored) > 1 and prefers(scored[0].judgement.score, scored[-1].judgement.score):  # a tie ranks nothing
+            best, worst = scored[0], scored[-1]
         for index, card in enumerate(self.cards, 1):
             rank = ""
             if card is best:
@@ -460,10 +466,10 @@ threshold, the model is not answering Yes/No under this template.
         if len(scored) < 2:
             self.error("a pair needs at least two scored candidates", "save pair")
             return
-        best = max(scored, key=lambda ic: ic[1].judgement.p_yes)
-        worst = min(scored, key=lambda ic: ic[1].judgement.p_yes)
-        margin = best[1].judgement.p_yes - worst[1].judgement.p_yes
-        if margin <= 0:
+        by_score = ranked(scored, lambda ic: ic[1].judgement.score)
+        best, worst = by_score[0], by_score[-1]
+        spread = margin(best[1].judgement.score, worst[1].judgement.score)
+        if spread <= 0:
             self.error("the best and worst candidates are tied: nothing to prefer", "save pair")
             return
         try:
@@ -477,5 +483,5 @@ threshold, the model is not answering Yes/No under this template.
         except Exception as exc:
             self.error(f"{type(exc).__name__}: {exc}", "save pair")
             return
-        self.set_status(f"saved pair #{pair_id} (accepted, margin {margin:.3f}) in prompt set {set_name!r}", "green")
+        self.set_status(f"saved pair #{pair_id} (accepted, margin {spread:+.2f}) in prompt set {set_name!r}", "green")
         self.notify(f"pair #{pair_id} stored as accepted", title="save pair")

@@ -1,10 +1,13 @@
 """Pairs: the workspace's chosen/rejected pairs, sorted and filtered, curated one key at a time.
 
 Every change goes to the store at once (one transaction each); the table is reread after it.
+Scores read as p'yes where every shown pair's are one template's own log-odds, as signed log-odds
+where any is a combination (its p'yes would read 1.000); margins are log-odds differences.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.text import Text
@@ -18,16 +21,18 @@ from textual.widgets import DataTable, Input, Label, Select, Static, TextArea
 
 from ipo_tui.errors import IpoError
 from ipo_tui.evaluation.stats import wilson
+from ipo_tui.judge.scoring import score_label, shown
 from ipo_tui.tui.screens.base import ModeScreen, one_line
 from ipo_tui.workspace.store import PAIR_STATUSES
 
 STATUS_STYLE = {"proposed": "yellow", "accepted": "green", "rejected": "red", "edited": "cyan"}
 COLUMNS = (  # key, label, width
     ("id", "#", 4), ("status", "status", 8), ("set", "set", 9), ("category", "cat.", 7),
-    ("margin", "margin", 8), ("score_chosen", "p'ch", 6), ("score_rejected", "p'rj", 6),
-    ("prompt", "prompt", 17), ("chosen", "chosen", 16), ("rejected", "rejected", 16),
+    ("margin", "margin", 8), ("score_chosen", "p'ch", 7), ("score_rejected", "p'rj", 7),
+    ("prompt", "prompt", 15), ("chosen", "chosen", 16), ("rejected", "rejected", 16),
 )
 SORT_ORDER = ("id", "margin", "score_chosen", "score_rejected", "status", "category", "set", "prompt")
+SCORE_HEADERS = {"p'yes": ("p'ch", "p'rj"), "score": ("s'ch", "s'rj")}  # the score columns' labels, by reading
 
 
 def pair_value(row, key: str):
@@ -36,7 +41,16 @@ def pair_value(row, key: str):
         value = row[key]
     if isinstance(value, str):
         return value.lower()
-    return -1.0 if value is None else value
+    return -math.inf if value is None else value  # an unjudged side sorts below every score
+
+
+def score_reading(probabilities) -> str:
+    """"p'yes" or "score": how these judgements' scores read (unjudged sides, None, say nothing)."""
+    return score_label(p for p in probabilities if p is not None)
+
+
+def score_text(score: float | None, reading: str) -> str:
+    return shown(score, reading == "p'yes") or "—"
 
 
 def missing_store_method(store, name: str) -> str | None:
@@ -70,7 +84,7 @@ class PairsScreen(ModeScreen):
 | `a` / `r` | accept / reject the pair under the cursor |
 | `s` | swap chosen and rejected |
 | `e` | edit the texts (then `ctrl+s` saves and re-scores with the loaded model) |
-| `b` | accept every shown *proposed* pair whose margin is at least the bulk margin |
+| `b` | accept every shown *proposed* pair whose margin is at least the bulk margin (log-odds) |
 | `x` | export (TRL JSONL by default) |
 | `/` | search the prompt and both texts; `escape` back to the table |
 | `o` / `v` | next sort column / reverse (or click a column header) |
@@ -84,6 +98,8 @@ Every change is written to the workspace at once.
         self.sort_key = "id"
         self.sort_reverse = False
         self.rows: list = []  # what the table shows, in order
+        self.reading = "p'yes"  # how the shown pairs' scores read: "p'yes" or "score"
+        self.labels = {key: label for key, label, _ in COLUMNS}  # the column labels for that reading
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="pairs-filters", classes="row"):
@@ -93,7 +109,7 @@ Every change is written to the workspace at once.
             yield Select([("all", "all")], value="all", allow_blank=False, id="set-filter")
             yield Input(placeholder="search (/)", id="search")
             yield Label("bulk margin ≥", classes="inline-label")
-            yield Input("0.10", id="bulk-margin", type="number", max_length=6)
+            yield Input("0.5", id="bulk-margin", type="number", max_length=6)
         yield DataTable(id="pairs-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="agreement")
 
@@ -137,10 +153,12 @@ Every change is written to the workspace at once.
             rows = [r for r in rows if needle in f"{r['prompt']}\n{r['chosen']}\n{r['rejected']}".lower()]
         rows.sort(key=lambda r: (pair_value(r, self.sort_key), r["id"]), reverse=self.sort_reverse)
         self.rows = rows
+        self.reading = score_reading(r["probability"] for r in rows)
+        self.labels.update(zip(("score_chosen", "score_rejected"), SCORE_HEADERS[self.reading]))
         table.clear()
         for r in rows:
             table.add_row(*self._cells(r), key=str(r["id"]))
-        for key, label, _ in COLUMNS:
+        for key, label in self.labels.items():
             arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_key else ""
             table.columns[key].label = Text(label + arrow)
         if keep is not None and str(keep) in {str(r["id"]) for r in rows}:
@@ -168,20 +186,18 @@ Every change is written to the workspace at once.
             "\n".join(lines[-3:]) or "agreement with the judge: none checked yet (accepting or swapping a pair checks it)")
 
     def _cells(self, r) -> list:
-        def score(x):
-            return "—" if x is None else f"{x:.3f}"
-
         status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
         return [str(r["id"]), status, one_line(r["prompt_set"], 9), r["category"] or r["prompt_category"] or "",
-                f"{r['margin']:.3f}", score(r["score_chosen"]), score(r["score_rejected"]),
-                one_line(r["prompt"], 17), one_line(r["chosen"], 16), one_line(r["rejected"], 16)]
+                f"{r['margin']:+.2f}", score_text(r["score_chosen"], self.reading),
+                score_text(r["score_rejected"], self.reading),
+                one_line(r["prompt"], 15), one_line(r["chosen"], 16), one_line(r["rejected"], 16)]
 
     def _summary(self) -> None:
         counts = dict.fromkeys(PAIR_STATUSES, 0)
         for r in self.rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         parts = " · ".join(f"{n} {s}" for s, n in counts.items() if n)
-        label = {k: lbl for k, lbl, _ in COLUMNS}[self.sort_key]
+        label = self.labels[self.sort_key]
         self.set_status(f"{len(self.rows)} pairs shown{': ' + parts if parts else ''} · sorted by {label}"
                         f" {'descending' if self.sort_reverse else 'ascending'}")
 
@@ -388,17 +404,15 @@ class PairScreen(ModalScreen):
             self.dismiss()
             return
         r = self.row
-
-        def score(x):
-            return "—" if x is None else f"{x:.3f}"
-
+        reading = score_reading([r["probability"]])
         category = r["category"] or r["prompt_category"] or ""
         self.query_one("#pair-title", Static).update(Text.assemble(
             (f"Pair #{r['id']}  ", "bold"), (r["status"], f"bold {STATUS_STYLE.get(r['status'], '')}"),
-            (f"  · margin {r['margin']:.3f} · {category} · set {r['prompt_set']} · judge {one_line(r['judge'], 40)}", "dim")))
+            (f"  · margin {r['margin']:+.2f} · {category} · set {r['prompt_set']} · judge {one_line(r['judge'], 40)}", "dim")))
         self.query_one("#pair-prompt-text", Static).update(Text(r["prompt"]))
-        self.query_one("#chosen-label", Label).update(Text.assemble(("chosen  ", "bold green"), f"p'yes {score(r['score_chosen'])}"))
-        self.query_one("#rejected-label", Label).update(Text.assemble(("rejected  ", "bold red"), f"p'yes {score(r['score_rejected'])}"))
+        for side, style in (("chosen", "bold green"), ("rejected", "bold red")):
+            self.query_one(f"#{side}-label", Label).update(
+                Text.assemble((f"{side}  ", style), f"{reading} {score_text(r[f'score_{side}'], reading)}"))
         self.query_one("#chosen-text", TextArea).load_text(r["chosen"])
         self.query_one("#rejected-text", TextArea).load_text(r["rejected"])
 
@@ -479,7 +493,9 @@ class PairScreen(ModalScreen):
             return
         if self._store_edit(message.chosen, message.rejected, message.judgements):
             jc, jr = message.judgements
-            self.note(f"saved and re-scored by the loaded model: chosen {jc.p_yes:.3f}, rejected {jr.p_yes:.3f}", "green")
+            reading = score_reading([jc.probability, jr.probability])
+            self.note(f"saved and re-scored by the loaded model: {reading} chosen {score_text(jc.score, reading)}, "
+                      f"rejected {score_text(jr.score, reading)}", "green")
 
     def _store_edit(self, chosen: str, rejected: str, judgements) -> bool:
         """Store the edit (new candidates, status 'edited'); with judgements, their scores and margin."""

@@ -1,4 +1,4 @@
-"""One candidate in the score lab: an editor and its p'yes bar."""
+"""One candidate in the score lab: an editor and its score bar."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""A p'yes bar: the score as a bar and a number, the Yes/No mass split, and a low-mass warning."""
+"""A score bar: p'yes as a bar and a number with the Yes/No mass split where the score is one
+template's own log-odds; the signed log-odds where it is a combination (its sigmoid says nothing:
+it rounds to 1.0); and a low-mass warning."""
 
 from __future__ import annotations
 
@@ -27,19 +29,19 @@ class ScoreBar(Static):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", **kwargs)
-        self.p_yes: float | None = None
+        self.score: float | None = None  # the judge's log-odds, while a judgement is shown
         self.mass: float | None = None
         self.state = "empty"
         self.show_message("—")
 
     def show_message(self, message: str, style: str = "dim") -> None:
         self.state = "message"
-        self.p_yes = self.mass = None
+        self.score = self.mass = None
         self.update(Text(message, style=style))
 
     def show_pending(self) -> None:
         """Scoring is under way: keep the last figures, dimmed."""
-        if self.p_yes is None:
+        if self.score is None:
             self.update(Text("scoring…", style="dim italic"))
         else:
             self.set_class(True, "-stale")
@@ -49,19 +51,12 @@ class ScoreBar(Static):
         self.state = "scored"
         self.set_class(False, "-stale")
         if getattr(judgement, "missing", False):  # a server returned neither Yes nor No
-            self.p_yes, self.mass = None, judgement.mass
+            self.score, self.mass = None, judgement.mass
             self.update(Text("no Yes or No among the server's top logprobs: no score", style="bold yellow"))
             return
-        self.p_yes, self.mass = judgement.p_yes, judgement.mass
-        p_yes_mass = judgement.p_yes * judgement.mass
-        p_no_mass = judgement.mass - p_yes_mass
-        color = "green" if judgement.p_yes >= 0.5 else "red"
-        line = Text.assemble(
-            ("p'yes ", "bold"), (f"{judgement.p_yes:.3f} ", f"bold {color}"),
-            (bar_text(judgement.p_yes, self.BAR_WIDTH), color), ("▕ ", "dim"),
-            (f"mass {judgement.mass:.3f} (Yes {p_yes_mass:.3f} + No {p_no_mass:.3f})", "dim"),
-            (f"  {rank}" if rank else "", "bold"),
-        )
+        self.score, self.mass = judgement.score, judgement.mass
+        figures = self._probability(judgement) if judgement.probability else self._combined(judgement)
+        line = Text.assemble(*figures, (f"  {rank}" if rank else "", "bold"))
         notes = []
         if judgement.low_mass:
             notes.append((f"⚠ mass < {min_mass:g}: not answering Yes/No here; the score means little",
@@ -72,3 +67,17 @@ class ScoreBar(Static):
         for note, style in notes:
             text = Text.assemble(text, "\n", (note, style))
         self.update(text)
+
+    def _probability(self, judgement) -> list[tuple[str, str]]:
+        """One template's score: p'yes, its bar, and how the mass splits between Yes and No."""
+        p_yes_mass = judgement.p_yes * judgement.mass
+        color = "green" if judgement.p_yes >= 0.5 else "red"
+        return [("p'yes ", "bold"), (f"{judgement.p_yes:.3f} ", f"bold {color}"),
+                (bar_text(judgement.p_yes, self.BAR_WIDTH), color), ("▕ ", "dim"),
+                (f"mass {judgement.mass:.3f} (Yes {p_yes_mass:.3f} + No {judgement.mass - p_yes_mass:.3f})", "dim")]
+
+    def _combined(self, judgement) -> list[tuple[str, str]]:
+        """A combination's score: its log-odds alone (a bar of its sigmoid would sit full)."""
+        color = "green" if judgement.score > 0 else "red" if judgement.score < 0 else ""
+        return [("score ", "bold"), (f"{judgement.score:+.2f} ", f"bold {color}"),
+                (f"mass {judgement.mass:.3f}", "dim")]
