@@ -53,6 +53,8 @@ def search(name: str) -> None:
             shutil.copy(f, cache / f.name)
     base = ["prompts", "search", str(judge_search.DEV), "--holdout", "200", "--per-category",
             str(recorded["per_category"]), "--json"] + (["-m", model] if model else [])
+    if not name.endswith("+reply"):
+        base.append("--no-reply-pmi")  # rounds 1 and 2 ran before the search measured it
     env = {**os.environ, "IPO_CONFIG_DIR": str(CONFIG)}
     runs = [("search", base)] + ([("search_follow", base + ["--candidates", str(judge_search.FOLLOW)])]
                                  if "search_follow" in recorded else [])
@@ -172,19 +174,25 @@ def _by_category(pairs: list[dict], verdicts: list[int]) -> dict[str, float]:
 
 
 def report() -> None:
-    print("| stage | model | accuracy by p'yes | by the score (95% interval) | wrong pairs tied in p'yes |"
-          " chat | chat-hard | code | safety |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    from ipo_tui.evaluation.stats import mcnemar
+
+    print("| stage | model | by p'yes | by the score (95% interval) | wrong pairs tied in p'yes |"
+          " chat | chat-hard | code | safety | against the plain recipe |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in STAGES:
         path = judge_search.RESULTS / f"ties-{name}.json"
         if not path.exists():
             continue
         r = json.loads(path.read_text())
+        plain = _stage(name)[0]["eval_plain"]["verdicts"]
+        only_new = sum(v and not p for v, p in zip(r["verdicts"], plain))
+        only_plain = sum(p and not v for v, p in zip(r["verdicts"], plain))
         low, high = r["interval95"]
         c = r["by_category"]
-        print(f"| {name} | {r['model']} | {r['old_accuracy']:.3f} | {r['accuracy']:.3f} ({low:.2f}–{high:.2f}) | "
-              f"{r['p_yes_ties']} of {r['rescored']} | " + " | ".join(f"{c.get(k, float('nan')):.2f}"
-                                                                   for k in ("chat", "chat-hard", "code", "safety")) + " |")
+        print(f"| {name} | {r['model']} | {r['old_accuracy']:.3f} | **{r['accuracy']:.3f}** ({low:.2f}–{high:.2f}) | "
+              f"{r['p_yes_ties']} of {r['rescored']} | "
+              + " | ".join(f"{c.get(k, float('nan')):.2f}" for k in ("chat", "chat-hard", "code", "safety"))
+              + f" | {sum(plain) / len(plain):.3f}; {only_new} against {only_plain}, p = {mcnemar(only_new, only_plain):.2g} |")
 
 
 if __name__ == "__main__":
