@@ -84,10 +84,11 @@ def test_the_judge_reports_each_score_terms_share(llama_backend):
     """A reply PMI summed over the reply's tokens can carry most of a score: the judge says how much."""
     plain = Judge(llama_backend)
     plain.score("Write a function that squares a number.", ANSWERS, "code")
-    assert plain.terms_report() is None  # one template's log-odds: nothing to apportion
+    plain.score("Name a primary color.", ["Red.", "Bananas."], "chat")
+    assert plain.terms_report() is None  # one template's log-odds per category: nothing to apportion
     with_pmi = Judge(llama_backend, settings=JudgeSettings({"code": CategorySetting(("code",), reply_pmi=1.0)}))
     with_pmi.score("Write a function that squares a number.", ANSWERS, "code")
     pmi, _ = with_pmi.reply_pmi("Write a function that squares a number.", ANSWERS)
-    assert with_pmi.term_sizes["reply PMI"] == pytest.approx(float(abs(pmi).sum()))
+    assert with_pmi.term_sizes["code"]["reply PMI"] == pytest.approx(float(abs(pmi).sum()))
     report = with_pmi.terms_report()
-    assert report.startswith("score terms on the 4 responses judged") and "reply PMI" in report and "code " in report
+    assert report.startswith("code score terms on the 4 responses judged") and "reply PMI" in report

@@ -46,7 +46,7 @@ BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server 
 ConcurrencyOpt = typer.Option(4, "--concurrency", min=1, help="server: requests in flight at most.")
 AdapterOpt = typer.Option(None, "--adapter", help="A trained LoRA adapter folder (e.g. runs/dpo-001/adapter) on top of the model.")
 PrecisionOpt = typer.Option("auto", "--score-precision", help="llamacpp: native (the file's quantized kernels), f32 (a full-precision copy), or auto (f32 for quantized models up to 400M parameters).")
-JudgeModeOpt = typer.Option(None, "--judge-mode", help="pointwise (p'yes of each reply) or pairwise (A or B, both orders; pair-only uses). Default: the config's, else pointwise.")
+JudgeModeOpt = typer.Option(None, "--judge-mode", help="pointwise (a score for each reply) or pairwise (A or B, both orders; pair-only uses). Default: the config's, else pointwise.")
 RouterOpt = typer.Option(None, "--router", help="keyword or model (the model's own next-token choice among the categories). Default: the config's, else keyword.")
 CalibrateOpt = typer.Option(None, "--calibrate/--no-calibrate", help="Subtract a content-free reply's score, so that it scores 0 (p'yes 0.5): rankings stay, thresholds such as --min-margin mean the same across prompts. Default: the config's, else off.")
 PlainOpt = typer.Option(False, "--judge-plain", help="The paper's recipe: each category's own template alone, ignoring the settings saved for this model.")

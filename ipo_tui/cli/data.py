@@ -351,7 +351,7 @@ def pairs_list(
     from ipo_tui.workspace.store import PAIR_STATUSES
 
     rows = open_store(workspace).pairs(tuple(status) or PAIR_STATUSES)
-    label = score_label(r["probability"] for r in rows if r["probability"] is not None)
+    label = score_label(r["probability"] for r in rows)
     table = Table("id", "status", "margin", f"chosen {label}", f"rejected {label}", "category", "prompt")
     for r in rows:
         table.add_row(str(r["id"]), r["status"], cell(r["margin"], "+.2f"), cell(shown(r["score_chosen"], label == "p'yes")),

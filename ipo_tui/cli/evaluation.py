@@ -39,7 +39,7 @@ from ipo_tui.errors import IpoError
 
 def eval_pairs(
     file: str = typer.Argument(..., help="RewardBench-format pairs: prompt, chosen, rejected, subset, category?"),
-    judge_name: str = typer.Option("ipo", "--judge", help="ipo (p'yes) or self-reward (the model writes a 1-5 score)."),
+    judge_name: str = typer.Option("ipo", "--judge", help="ipo (the judge's score) or self-reward (the model writes a 1-5 score)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="A fixed sample of N pairs spread over the file."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
     judge_mode: str | None = JudgeModeOpt, router: str | None = RouterOpt, plain: bool = PlainOpt,

@@ -12,7 +12,8 @@ sends messages, not token ids, and matches the spellings by text (`from_top_logp
 The judge's settings (judge/settings.py) choose, per category, the templates whose log-odds are
 averaged (or weighted, as the search fitted them), a per-response baseline (the response under a
 content-free instruction), a length correction, the reply's own PMI with the instruction and a
-calibration offset; `combine` is the one place those are applied.
+calibration offset; `score_terms` is the one place those are applied (calibration apart, in
+`Judge.score`). The score they add up to is what orders judgements: `ranked`, `margin`, `prefers`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -73,11 +75,7 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def _judgement_score(j: Judgement) -> float:
-    return j.score
-
-
-def ranked(items: list, score=_judgement_score) -> list:
+def ranked(items: list, score=attrgetter("score")) -> list:
     """Best score first; items without one (missing, NaN or None) last, in their order."""
     def key(item):
         s = score(item)
@@ -98,8 +96,9 @@ def prefers(chosen: float | None, rejected: float | None) -> bool:
 
 def score_label(probabilities) -> str:
     """What a column of scores shows: p'yes where every judgement's score is one template's own
-    log-odds, the score itself (log-odds) where any is a combination."""
-    return "p'yes" if all(probabilities) else "score"
+    log-odds, the score itself (log-odds) where any is a combination (None, an unjudged side, says
+    nothing)."""
+    return "p'yes" if all(p for p in probabilities if p is not None) else "score"
 
 
 def shown(score: float | None, as_probability: bool) -> str | None:
@@ -169,8 +168,9 @@ class Judge:
         if not self.by_text and (not self.yes_ids or not self.no_ids):
             raise IpoError("this model's vocabulary has no single token for Yes or No; it cannot be used as a judge")
         self.missing = 0  # judgements so far with neither Yes nor No among a server's top logprobs
-        self.term_sizes: dict[str, float] = {}  # each score term's summed |value| over the responses judged
-        self.judged = 0  # responses scored so far, the base of term_sizes
+        # per category: each score term's summed |value| over the responses judged, and their number
+        self.term_sizes: dict[str, dict[str, float]] = {}
+        self.judged: dict[str, int] = {}
 
     @property
     def policy(self) -> str:
@@ -271,7 +271,7 @@ class Judge:
         if self.settings.calibrate:
             scores = scores - self.offset(instruction, category)
         self.missing += int(np.isnan(scores).sum())
-        self._tally(terms)
+        self._tally(category, terms)
         probability = setting.single and self.named(setting.templates[0]).sign > 0 and not self.settings.calibrate
         return [
             Judgement(
@@ -294,25 +294,29 @@ class Judge:
         notes = [next((n[i] for _, _, n in raw if n[i]), None) for i in range(len(responses))]
         return terms, mass, notes
 
-    def _tally(self, terms: dict[str, np.ndarray]) -> None:
+    def _tally(self, category: str, terms: dict[str, np.ndarray]) -> None:
+        sizes = self.term_sizes.setdefault(category, {})
         for name, values in terms.items():
-            self.term_sizes[name] = self.term_sizes.get(name, 0.0) + float(np.nansum(np.abs(values)))
-        self.judged += len(next(iter(terms.values())))
+            sizes[name] = sizes.get(name, 0.0) + float(np.nansum(np.abs(values)))
+        self.judged[category] = self.judged.get(category, 0) + len(next(iter(terms.values())))
 
     def terms_report(self) -> str | None:
-        """The share of the score each term carried on the responses judged so far, largest first,
-        where a setting has several: one term with most of it decides the ranking alone. None for a
-        single template's score."""
-        total = sum(self.term_sizes.values())
-        if len(self.term_sizes) < 2 or not total:
-            return None
-        shares = sorted(((size / total, name) for name, size in self.term_sizes.items()), reverse=True)
-        line = (f"score terms on the {self.judged} responses judged (share of |score|): "
-                + ", ".join(f"{name} {share:.0%}" for share, name in shares))
-        if "reply PMI" in self.term_sizes and self.term_sizes["reply PMI"] / total >= 0.5:
-            line += ("; the reply PMI is summed over the reply's tokens, so it grows with the reply's length "
-                     "and here decides most of the ranking")
-        return line
+        """Per category whose setting has several terms, the share of |score| each carried on the
+        responses judged so far, largest first: a term with most of it can decide the ranking
+        alone. None where every score was one template's."""
+        lines = []
+        for category, sizes in sorted(self.term_sizes.items()):
+            total = sum(sizes.values())
+            if len(sizes) < 2 or not total:
+                continue
+            shares = sorted(((size / total, name) for name, size in sizes.items()), reverse=True)
+            line = (f"{category} score terms on the {self.judged[category]} responses judged (share of |score|): "
+                    + ", ".join(f"{name} {share:.0%}" for share, name in shares))
+            if sizes.get("reply PMI", 0.0) / total >= 0.5:
+                line += ("; the reply PMI is summed over the reply's tokens, so it grows with the reply's length "
+                         "and can decide the ranking alone")
+            lines.append(line)
+        return "\n".join(lines) or None
 
     def margins(self, template: Template, instruction: str, responses: list[str]):
         """Raw (z_yes - z_no, Yes+No mass, truncation notes) of each response under one template."""

@@ -140,6 +140,8 @@ def category_setting(name: str, spec, where: str | None = None) -> CategorySetti
     names = [spec["templates"]] if isinstance(spec["templates"], str) else spec["templates"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise IpoError(f"{where}.templates: give a template name or a list of template names")
+    if len(set(names)) < len(names):  # each template is one term of the score, by its name
+        raise IpoError(f"{where}.templates: {names} names a template twice; give each once")
     setting = CategorySetting(tuple(names), **_numbers(where, spec))
     for key in ("weights", "pmi_weights"):
         given = getattr(setting, key)

@@ -262,7 +262,7 @@ def _bench_spec(bench: dict | None, eval_file: str | None, eval_limit: int) -> d
     bench = dict(bench or {})
     tasks = parse_tasks(",".join(bench["tasks"]), "--bench") if bench.get("tasks") else []
     if "judge" in tasks and not eval_file:
-        raise IpoError("--bench judge measures the policy's p'yes on a labelled pair file: give --eval-file FILE")
+        raise IpoError("--bench judge measures the policy as a judge on a labelled pair file: give --eval-file FILE")
     if eval_file:
         from ipo_tui.evaluation.pairwise import load_pairs
 

@@ -167,7 +167,8 @@ def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin
         if spread <= 0 or spread < min_margin:
             report.too_close += 1
             continue
-        store.propose_pair(prompt["id"], judge_id, best["candidate_id"], worst["candidate_id"], spread)
+        store.propose_pair(prompt["id"], judge_id, best["candidate_id"], worst["candidate_id"],
+                           margin(best["score"], worst["score"]))  # below 0 where the pairwise judge overruled it
         report.proposed += 1
     return report
 

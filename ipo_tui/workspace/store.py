@@ -83,16 +83,16 @@ MIGRATIONS = [
     """,
     # one score orders every judgement: its log-odds (the column logit_margin, read as `score`), and
     # whether that is one template's own log-odds (p'yes a probability) or a setting's combination:
-    # the plain recipe's judge ids carry no settings digest. Pairs' margins become score differences
+    # the plain recipe's judge ids carry no settings digest (an external judge's id is `judge@policy`). Pairs' margins become score differences
     # wherever both sides are judged (a rule's margin, random's 0 or longer's characters, stays).
     """
     ALTER TABLE judgements ADD COLUMN probability INTEGER NOT NULL DEFAULT 0;
     UPDATE judgements SET probability = 1 WHERE template NOT LIKE '%+%' AND template <> 'self-reward'
-        AND judge NOT GLOB '*#[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]';
+        AND judge NOT GLOB '*#[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]' AND judge NOT GLOB '*#[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]@*';
     UPDATE pairs SET margin = (
         SELECT jc.logit_margin - jr.logit_margin FROM judgements jc, judgements jr
         WHERE jc.candidate_id = pairs.chosen_id AND jc.judge = pairs.judge
-          AND jr.candidate_id = pairs.rejected_id AND jr.judge = pairs.judge
+          AND jr.candidate_id = pairs.rejected_id AND jr.judge = pairs.judge AND jr.template = jc.template
         ORDER BY jc.id DESC, jr.id DESC LIMIT 1)
     WHERE EXISTS (SELECT 1 FROM judgements WHERE candidate_id = pairs.chosen_id AND judge = pairs.judge)
       AND EXISTS (SELECT 1 FROM judgements WHERE candidate_id = pairs.rejected_id AND judge = pairs.judge);
@@ -393,8 +393,8 @@ class Store:
     def judgements(self, prompt_id: int, judge: str, model: str, adapter: str) -> list[sqlite3.Row]:
         """The candidates of a prompt by one policy, with their judgement by `judge` (NULL where none yet)."""
         return self.db.execute(
-            "SELECT c.id AS candidate_id, c.text, c.sample_index, j.logit_margin AS score, j.probability, j.mass, "
-            "j.template, j.category "
+            "SELECT c.id AS candidate_id, c.text, c.sample_index, j.logit_margin AS score, j.mass, j.template, "
+            "j.category "
             "FROM candidates c LEFT JOIN judgements j ON j.candidate_id = c.id AND j.judge = ? "
             "WHERE c.prompt_id = ? AND c.model = ? AND c.adapter = ? ORDER BY c.sample_index, c.id",
             (judge, prompt_id, model, adapter)).fetchall()
@@ -458,7 +458,7 @@ class Store:
                     db.execute(_INSERT_JUDGEMENT, _judgement_row(ids[side], pair["judge"], judgements[side], now()))
             scores = {side: db.execute("SELECT logit_margin FROM judgements WHERE candidate_id = ? AND judge = ?",
                                        (cid, pair["judge"])).fetchone() for side, cid in ids.items()}
-            margin = (scores["chosen"][0] - scores["rejected"][0]
+            margin = (scores["chosen"][0] - scores["rejected"][0]  # the score's margin (judge/scoring.py)
                       if scores["chosen"] and scores["rejected"] else pair["margin"])
             db.execute("UPDATE pairs SET chosen_id = ?, rejected_id = ?, margin = ?, status = 'edited', curation = 'edit', "
                        "updated_at = ? WHERE id = ?", (ids["chosen"], ids["rejected"], margin, now(), pair_id))

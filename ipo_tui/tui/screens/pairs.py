@@ -44,11 +44,6 @@ def pair_value(row, key: str):
     return -math.inf if value is None else value  # an unjudged side sorts below every score
 
 
-def score_reading(probabilities) -> str:
-    """"p'yes" or "score": how these judgements' scores read (unjudged sides, None, say nothing)."""
-    return score_label(p for p in probabilities if p is not None)
-
-
 def score_text(score: float | None, reading: str) -> str:
     return shown(score, reading == "p'yes") or "—"
 
@@ -153,7 +148,7 @@ Every change is written to the workspace at once.
             rows = [r for r in rows if needle in f"{r['prompt']}\n{r['chosen']}\n{r['rejected']}".lower()]
         rows.sort(key=lambda r: (pair_value(r, self.sort_key), r["id"]), reverse=self.sort_reverse)
         self.rows = rows
-        self.reading = score_reading(r["probability"] for r in rows)
+        self.reading = score_label(r["probability"] for r in rows)
         self.labels.update(zip(("score_chosen", "score_rejected"), SCORE_HEADERS[self.reading]))
         table.clear()
         for r in rows:
@@ -404,7 +399,7 @@ class PairScreen(ModalScreen):
             self.dismiss()
             return
         r = self.row
-        reading = score_reading([r["probability"]])
+        reading = score_label([r["probability"]])
         category = r["category"] or r["prompt_category"] or ""
         self.query_one("#pair-title", Static).update(Text.assemble(
             (f"Pair #{r['id']}  ", "bold"), (r["status"], f"bold {STATUS_STYLE.get(r['status'], '')}"),
@@ -493,7 +488,7 @@ class PairScreen(ModalScreen):
             return
         if self._store_edit(message.chosen, message.rejected, message.judgements):
             jc, jr = message.judgements
-            reading = score_reading([jc.probability, jr.probability])
+            reading = score_label([jc.probability, jr.probability])
             self.note(f"saved and re-scored by the loaded model: {reading} chosen {score_text(jc.score, reading)}, "
                       f"rejected {score_text(jr.score, reading)}", "green")
 
