@@ -60,6 +60,14 @@ def _cache() -> Path:
     return cache_dir() / "judge-features"
 
 
+def restore_features() -> None:
+    """The saved features into the user cache, where a file there is missing or shorter."""
+    _cache().mkdir(parents=True, exist_ok=True)
+    for f in FEATURES.glob("*.jsonl"):
+        if not (_cache() / f.name).exists() or (_cache() / f.name).stat().st_size < f.stat().st_size:
+            shutil.copy(f, _cache() / f.name)
+
+
 def _ipo_json(*args: str) -> dict:
     """Run an `ipo` command that ends with one JSON line; its other output goes to the terminal."""
     print("$ ipo " + " ".join(args), flush=True)
@@ -81,10 +89,7 @@ def stage(name: str) -> None:
         return
     if round_ and not (RESULTS / f"{base}.json").exists():
         sys.exit(f"{name} builds on {base}: run that stage first")
-    _cache().mkdir(parents=True, exist_ok=True)
-    for f in FEATURES.glob("*.jsonl"):
-        if not (_cache() / f.name).exists() or (_cache() / f.name).stat().st_size < f.stat().st_size:
-            shutil.copy(f, _cache() / f.name)
+    restore_features()
     model = ["-m", MODELS[base]] if MODELS[base] else []
     if MODELS[base]:
         print(f"$ ipo models install {MODELS[base]}", flush=True)

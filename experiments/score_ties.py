@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +45,7 @@ def _stage(name: str) -> tuple[dict, str | None]:
 
 def search(name: str) -> None:
     recorded, model = _stage(name)
-    cache = judge_search._cache()
-    cache.mkdir(parents=True, exist_ok=True)
-    for f in judge_search.FEATURES.glob("*.jsonl"):
-        if not (cache / f.name).exists() or (cache / f.name).stat().st_size < f.stat().st_size:
-            shutil.copy(f, cache / f.name)
+    judge_search.restore_features()
     base = ["prompts", "search", str(judge_search.DEV), "--holdout", "200", "--per-category",
             str(recorded["per_category"]), "--json"] + (["-m", model] if model else [])
     if not name.endswith("+reply"):

@@ -71,7 +71,7 @@ class ScoreBar(Static):
     def _probability(self, judgement) -> list[tuple[str, str]]:
         """One template's score: p'yes, its bar, and how the mass splits between Yes and No."""
         p_yes_mass = judgement.p_yes * judgement.mass
-        color = "green" if judgement.p_yes >= 0.5 else "red"
+        color = "green" if judgement.score >= 0 else "red"  # the score decides, p'yes is shown
         return [("p'yes ", "bold"), (f"{judgement.p_yes:.3f} ", f"bold {color}"),
                 (bar_text(judgement.p_yes, self.BAR_WIDTH), color), ("▕ ", "dim"),
                 (f"mass {judgement.mass:.3f} (Yes {p_yes_mass:.3f} + No {judgement.mass - p_yes_mass:.3f})", "dim")]
