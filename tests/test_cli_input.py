@@ -78,8 +78,8 @@ def test_a_pair_edited_with_no_model_loaded_shows_dashes(user_dirs, tmp_path):
 
     listed = ipo("pairs", "list", "-w", str(ws), env_dirs=user_dirs)
     assert listed.returncode == 0, listed.stderr  # was a TypeError on `:.3f` of None
-    [row] = [line for line in listed.stdout.splitlines() if "edited" in line]
-    assert [cell.strip() for cell in row.split("│")[4:8]] == ["–", "–", "–", "What is 2+2?"]
+    [row] = [line for line in listed.stdout.splitlines() if "edited (edit)" in line]
+    assert [cell.strip() for cell in row.split("│")[3:8]] == ["–", "–", "–", "–", "What is 2+2?"]  # margin unknown too
     stats = ipo("pairs", "stats", "-w", str(ws), env_dirs=user_dirs)
     assert stats.returncode == 0 and "–" in stats.stdout
     as_json = ipo("pairs", "stats", "--json", "-w", str(ws), env_dirs=user_dirs)

@@ -99,7 +99,7 @@ def test_pairs_policy_and_curation(store):
     store.set_pair_status(pair["id"], "accepted")
     build_pairs(store, "m", policy, store.prompts("s"), min_margin=0.0)  # a rebuild keeps the curated pair
     assert [p["status"] for p in store.pairs(("accepted",))] == ["accepted"]
-    with pytest.raises(IpoError, match="unknown pair status"):
+    with pytest.raises(IpoError, match="accepted or rejected, not 'maybe'"):
         store.set_pair_status(pair["id"], "maybe")
 
     trl = pair_records(store.pairs(("accepted",)), "trl")
@@ -134,6 +134,80 @@ def test_swap_and_edit_keep_the_sampled_texts(store):
     assert store.pairs()[0]["rejected"] == "good"
     with pytest.raises(IpoError, match="no pair"):
         store.swap_pair(999)
+
+
+def _one_pair(store, category="code"):
+    store.add_prompt_set("s", "test", [{"text": "Write a poem.", "category": "writing"}])
+    [prompt] = store.prompts("s")
+    store.add_candidates(prompt["id"], "m", "", {}, [(0, 0, "good"), (1, 1, "bad")])
+    good, bad = store.candidates(prompt["id"])
+    store.add_judgements("m", [(good["id"], _judgement(0.8)), (bad["id"], _judgement(0.3))])
+    store.propose_pair(prompt["id"], "m", good["id"], bad["id"], 0.5, category)
+    return store.pairs()[0]
+
+
+def test_an_edit_keeps_the_judges_category_and_an_unscored_side_makes_the_margin_unknown(store):
+    pair = _one_pair(store)
+    store.edit_pair(pair["id"], chosen="better, but not scored")
+    [edited] = store.pairs()
+    assert (edited["status"], edited["curation"], edited["category"]) == ("edited", "edit", "code")
+    assert edited["margin"] is None and edited["score_chosen"] is None  # never the old margin beside a new text
+
+
+def test_accepting_a_swapped_pair_keeps_the_swap_on_record(store):
+    pair = _one_pair(store)
+    store.swap_pair(pair["id"])
+    store.set_pair_status(pair["id"], "accepted")
+    [row] = store.pairs()
+    assert (row["status"], row["curation"], row["chosen"]) == ("edited", "swap", "bad")
+    store.set_pair_status(pair["id"], "rejected")
+    assert (store.pairs()[0]["status"], store.pairs()[0]["curation"]) == ("rejected", "reject")
+
+
+def test_back_to_proposed_restores_the_judges_pair_and_undo_takes_back_each_action(store):
+    pair = _one_pair(store)
+    store.swap_pair(pair["id"])
+    store.edit_pair(pair["id"], rejected="worse", judgements={"rejected": _judgement(0.1)})
+    store.reset_pairs([pair["id"]])
+    [row] = store.pairs()
+    assert (row["status"], row["curation"], row["chosen"], row["rejected"]) == ("proposed", None, "good", "bad")
+    assert row["margin"] == pytest.approx(0.5)
+
+    assert store.undo_curation() == f"undid the back to proposed of pair {pair['id']}"
+    assert (store.pairs()[0]["chosen"], store.pairs()[0]["rejected"], store.pairs()[0]["curation"]) == ("bad", "worse", "edit")
+    assert store.undo_curation() == f"undid the edit of pair {pair['id']}"
+    assert (store.pairs()[0]["rejected"], store.pairs()[0]["margin"]) == ("good", pytest.approx(-0.5))
+    assert store.undo_curation() == f"undid the swap of pair {pair['id']}"
+    assert (store.pairs()[0]["status"], store.pairs()[0]["chosen"]) == ("proposed", "good")
+    assert store.undo_curation() is None
+
+
+def test_a_bulk_accept_undoes_as_a_whole(store):
+    store.add_prompt_set("s", "test", [{"text": "q1"}, {"text": "q2"}])
+    for prompt in store.prompts("s"):
+        store.add_candidates(prompt["id"], "m", "", {}, [(0, 0, "a"), (1, 1, "b")])
+        a, b = store.candidates(prompt["id"])
+        store.propose_pair(prompt["id"], "m", a["id"], b["id"], 0.8)
+    ids = [p["id"] for p in store.pairs()]
+    store.set_pair_status(ids[0], "rejected")
+    store.set_pair_status(ids, "accepted", bulk=True)
+    assert store.undo_curation() == "undid the bulk accept of 2 pairs"
+    assert [p["status"] for p in store.pairs()] == ["rejected", "proposed"]
+
+
+def test_a_lab_pair_saved_twice_is_one_pair(store):
+    from ipo_tui.loop.stages import LAB_SET
+
+    def save(best, worst):
+        rows = [("typed", "", i, 0, text, _judgement(p)) for i, (text, p) in enumerate((("a", 0.9), ("b", 0.2), ("c", 0.5)))]
+        return store.save_chosen_pair(LAB_SET, "Name a colour.", "chat", "m", {}, rows, best, worst, 0.7)
+
+    first, created = save(0, 1)
+    again, created_again = save(0, 2)  # the person's new pick for the same prompt replaces the old one
+    assert created and not created_again and again == first
+    [pair] = store.pairs(set_name=LAB_SET)
+    assert (pair["chosen"], pair["rejected"], pair["status"]) == ("a", "c", "accepted")
+    assert len(store.prompts(LAB_SET)) == 1 and len(store.candidates(pair["prompt_id"])) == 3
 
 
 def test_bulk_curation_is_all_or_nothing(store):
@@ -233,6 +307,33 @@ def test_a_schema_3_workspace_reads_its_pair_margins_as_score_differences(tmp_pa
     # p'yes is a probability only where the score is one template's own log-odds (the plain recipe's id)
     assert pairs["m"]["probability"] == 1 and pairs["m#0123456789"]["probability"] == 0
     assert [r["score"] for r in store.judgements(1, "m#0123456789", "m", "")][:2] == [40.0, 38.0]
+    store.close()
+
+
+def test_a_schema_4_workspace_keeps_its_pairs_and_can_take_back_a_swap(tmp_path):
+    """Opened now, a pair remembers the judge's own proposal (a swapped one: the other way round) and the
+    judge's category, so back to proposed and undo work on pairs curated before they existed."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(";".join(MIGRATIONS[:4]) + ";PRAGMA user_version=4;")
+    db.execute("INSERT INTO prompt_sets (name, created_at) VALUES ('s', 'now')")
+    db.execute("INSERT INTO prompts (set_id, position, text, category) VALUES (1, 0, 'q', 'writing')")
+    for i in range(2):
+        db.execute("INSERT INTO candidates (prompt_id, text, model, sample_index, seed, sampling, created_at) "
+                   f"VALUES (1, 't{i}', 'm', {i}, 0, '{{}}', 'now')")
+    db.executemany("INSERT INTO judgements (candidate_id, judge, template, category, p_yes, mass, logit_margin, "
+                   "created_at) VALUES (?, 'm', 'chat', 'chat', 0.5, 0.5, ?, 'now')", [(1, 1.0), (2, -1.0)])
+    db.execute("INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at, curation) "
+               "VALUES (1, 2, 1, 'm', -2.0, 'edited', 'now', 'swap')")
+    db.commit()
+    db.close()
+    store = Store(path)
+    [pair] = store.pairs()
+    assert (pair["chosen"], pair["status"], pair["curation"], pair["category"]) == ("t1", "edited", "swap", "chat")
+    store.reset_pairs(pair["id"])
+    [pair] = store.pairs()
+    assert (pair["chosen"], pair["rejected"], pair["status"], pair["margin"]) == ("t0", "t1", "proposed", 2.0)
+    assert store.undo_curation() == f"undid the back to proposed of pair {pair['id']}"
     store.close()
 
 

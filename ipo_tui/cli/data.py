@@ -343,23 +343,38 @@ def pairs_build(
 
 @pairs_app.command("list")
 def pairs_list(
-    status: list[str] = typer.Option([], "--status", help="Only these statuses (repeatable)."),
+    status: list[str] = typer.Option([], "--status", help="Only these statuses (repeatable): proposed, accepted, rejected, edited."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per pair instead of a table."),
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
-    """The pairs with their scores."""
+    """The pairs with their scores and what a person did to them."""
+    import json
+
     from ipo_tui.judge.scoring import score_label, shown
     from ipo_tui.workspace.store import PAIR_STATUSES
 
     rows = open_store(workspace).pairs(tuple(status) or PAIR_STATUSES)
+    if as_json:
+        for r in rows:
+            print(json.dumps({key: r[key] for key in ("id", "status", "curation", "margin", "score_chosen", "score_rejected",
+                                                      "probability", "category", "judge", "prompt_set", "prompt",
+                                                      "chosen", "rejected")}))
+        return
     label = score_label(r["probability"] for r in rows)
     table = Table("id", "status", "margin", f"chosen {label}", f"rejected {label}", "category", "prompt")
     for r in rows:
-        table.add_row(str(r["id"]), r["status"], cell(r["margin"], "+.2f"), cell(shown(r["score_chosen"], label == "p'yes")),
+        table.add_row(str(r["id"]), _status(r), cell(r["margin"], "+.2f"), cell(shown(r["score_chosen"], label == "p'yes")),
                       cell(shown(r["score_rejected"], label == "p'yes")), cell(r["category"]),
                       " ".join(r["prompt"].split())[:60])
     out.print(table)
-    out.print("margin: the chosen reply's score minus the rejected one's, in log-odds "
-              "(pairs by `longer`: characters; by `random`: 0)", style="dim")
+    out.print("margin: the chosen reply's score minus the rejected one's, in log-odds (below 0 after a swap: "
+              "you overruled the judge; – where an edited reply is not scored; pairs by `longer`: characters; "
+              "by `random`: 0)", style="dim")
+
+
+def _status(row) -> str:
+    """A pair's status, with the swap or edit that made it `edited`."""
+    return f"{row['status']} ({row['curation']})" if row["status"] == "edited" and row["curation"] else row["status"]
 
 
 @pairs_app.command("stats")
@@ -397,15 +412,19 @@ def pairs_stats(
 
 def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> None:
     store = open_store(workspace)
-    bulk = [r["id"] for r in store.pairs(("proposed",)) if r["margin"] >= min_margin] if min_margin is not None else []
+    bulk = ([r["id"] for r in store.pairs(("proposed",)) if r["margin"] is not None and r["margin"] >= min_margin]
+            if min_margin is not None else [])
     if not ids and not bulk:
         raise IpoError("name pair ids (see `ipo pairs list`) or give --min-margin")
     if ids:
         store.set_pair_status(ids, status)
     if bulk:
         store.set_pair_status(bulk, status, bulk=True)  # not a check of each pair by a person
-    ids = ids + bulk
-    out.print(f"{status} {len(ids)} pair(s)")
+    out.print(f"{status} {_pairs(len(ids) + len(bulk))}; take it back with `ipo pairs undo`")
+
+
+def _pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
 
 
 @pairs_app.command("accept")
@@ -414,7 +433,7 @@ def pairs_accept(
     min_margin: float | None = typer.Option(None, "--min-margin", min=0.0, help="Also every proposed pair with at least this score margin (log-odds)."),
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
-    """Accept pairs for training (`ipo train dpo --pairs accepted`)."""
+    """Accept pairs: they train (`ipo train dpo` takes accepted and edited pairs)."""
     _mark("accepted", ids or [], min_margin, workspace)
 
 
@@ -424,21 +443,50 @@ def pairs_reject(ids: list[int] = typer.Argument(..., help="Pair ids."), workspa
     _mark("rejected", ids, None, workspace)
 
 
+@pairs_app.command("swap")
+def pairs_swap(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace: Path | None = WorkspaceOpt) -> None:
+    """The judge had it backwards: chosen and rejected trade places, and the pair is `edited` (it trains)."""
+    store = open_store(workspace)
+    for pair_id in ids:
+        store.swap_pair(pair_id)
+    out.print(f"swapped {_pairs(len(ids))}; take the last one back with `ipo pairs undo`")
+
+
+@pairs_app.command("reset")
+def pairs_reset(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace: Path | None = WorkspaceOpt) -> None:
+    """Back to proposed: the judge's own chosen and rejected, no curation on record."""
+    open_store(workspace).reset_pairs(ids)
+    out.print(f"{_pairs(len(ids))} back to proposed")
+
+
+@pairs_app.command("undo")
+def pairs_undo(workspace: Path | None = WorkspaceOpt) -> None:
+    """Take back the last curation action (accept, reject, swap, edit, reset, or a bulk accept as a whole)."""
+    done = open_store(workspace).undo_curation()
+    out.print(done or "nothing to undo")
+
+
 @pairs_app.command("export")
 def pairs_export(
     out_path: Path = typer.Option(..., "--out", help="FILE.jsonl or FILE.parquet"),
     fmt: str = typer.Option("trl", "--format", help="trl or llamafactory"),
     conversational: bool = typer.Option(False, "--conversational", help="TRL conversational shape (lists of messages)."),
-    status: list[str] = typer.Option([], "--status", help="Statuses to export (default: proposed, accepted, edited)."),
+    status: list[str] = typer.Option([], "--status", help="Statuses to export (repeatable; default: accepted and edited, the pairs that train)."),
+    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Write the pairs in a trainer's format."""
     from ipo_tui.workspace.records import pair_records, write_records
+    from ipo_tui.workspace.store import TRAINED_STATUSES
 
     if out_path.suffix.lower() not in (".jsonl", ".parquet"):
         raise IpoError(f"--out {out_path}: give a .jsonl or .parquet file name")
-    rows = open_store(workspace).pairs(tuple(status) or ("proposed", "accepted", "edited"))
+    if out_path.exists() and not force:
+        raise IpoError(f"--out {out_path} exists; nothing was written; pass --force to replace it, or another name")
+    statuses = tuple(status) or TRAINED_STATUSES
+    rows = open_store(workspace).pairs(statuses)
     if not rows:
-        raise IpoError("no pairs with those statuses; build some with `ipo pairs build`")
+        raise IpoError(f"no {' or '.join(statuses)} pairs; curate some (`ipo pairs accept`, the app's Pairs screen), "
+                       "or pass --status proposed")
     write_records(out_path, pair_records(rows, fmt, conversational))
-    out.print(f"wrote {len(rows)} pairs to {out_path}")
+    out.print(f"wrote {_pairs(len(rows))} ({', '.join(statuses)}) to {out_path}")

@@ -30,6 +30,7 @@ from ipo_tui.cli.common import (
 )
 from ipo_tui import stopping
 from ipo_tui.errors import IpoError, Stopped
+from ipo_tui.workspace.store import TRAINED_STATUSES
 
 train_app = typer.Typer(help="LoRA training runs: dpo, sft, resume, stop.", no_args_is_help=True,
                         pretty_exceptions_enable=False)
@@ -122,7 +123,7 @@ def launch(kind: str, data: str, model, config, set_, dtype, detach: bool, works
 
 @train_app.command("dpo")
 def train_dpo(
-    pairs: str = typer.Option("accepted", "--pairs", help="A TRL pair file, or workspace pairs by status: accepted, accepted,edited, accepted@SET."),
+    pairs: str = typer.Option(",".join(TRAINED_STATUSES), "--pairs", help="A TRL pair file, or workspace pairs by status (the pairs a person kept by default; accepted@SET for one prompt set)."),
     model: str | None = ModelOpt, config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
     dtype: str | None = TrainDtypeOpt, detach: bool = DetachOpt, workspace: Path | None = WorkspaceOpt,
     launcher: str = LauncherOpt, processes: int | None = ProcessesOpt, strategy: str = StrategyOpt,
@@ -172,11 +173,16 @@ def train_defaults() -> None:
 
 
 def runs(run_id: str | None = typer.Argument(None, help="Show one run in detail."),
+         as_json: bool = typer.Option(False, "--json", help="One JSON object per run (with a run id: the run and its metrics)."),
          workspace: Path | None = WorkspaceOpt) -> None:
     """Training runs and loop iterations with their last metrics."""
     from ipo_tui.training import runner
 
     store = open_store(workspace)
+    if as_json:
+        for run in [runner.info(store, run_id)] if run_id else runner.list_runs(store):
+            _print_run_json(run, runner.read_metrics(run.folder) if run.kind in ("dpo", "sft") else [], bool(run_id))
+        return
     if run_id:
         run = runner.info(store, run_id)
         if run.kind == "loop":
@@ -200,6 +206,15 @@ def runs(run_id: str | None = typer.Argument(None, help="Show one run in detail.
                       cell(last.get("loss"), ".3f"), cell(last.get("rewards/margins"), ".3f"), "yes" if run.adapter else "",
                       run.created_at)
     out.print(table)
+
+
+def _print_run_json(run, metrics: list[dict], every_step: bool) -> None:
+    """A run as one JSON line: its record, its last metrics, and every step's where asked."""
+    import json
+
+    row = {"id": run.id, "kind": run.kind, "status": run.status, "folder": str(run.folder), "created_at": run.created_at,
+           "adapter": str(run.adapter) if run.adapter else None, "config": run.config, "last": metrics[-1] if metrics else None}
+    print(json.dumps({**row, "metrics": metrics} if every_step else row))
 
 
 def loop(

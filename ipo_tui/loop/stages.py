@@ -168,7 +168,8 @@ def build_pairs(store: Store, judge_id: str, policy: Policy, prompts, min_margin
             report.too_close += 1
             continue
         store.propose_pair(prompt["id"], judge_id, best["candidate_id"], worst["candidate_id"],
-                           margin(best["score"], worst["score"]))  # below 0 where the pairwise judge overruled it
+                           margin(best["score"], worst["score"]),  # below 0 where the pairwise judge overruled it
+                           best["category"])
         report.proposed += 1
     return report
 
@@ -196,26 +197,11 @@ class ScoredCandidate:
 
 
 def save_scored_pair(store: Store, judge: Judge, instruction: str, category: str, candidates: list[ScoredCandidate],
-                     positions: list[int], best: int, worst: int) -> tuple[int, str]:
+                     positions: list[int], best: int, worst: int) -> tuple[int, bool]:
     """Store every candidate (sample index = its position where free), its judgement, and
-    (candidates[best], candidates[worst]) as an accepted pair in the LAB_SET prompt set."""
-    judge_id = judge.id
-    prompt_id = store.add_prompt(LAB_SET, instruction, category, source="score lab")
-    taken: dict[tuple[str, str], set[int]] = {}
-    placed = []  # (model, adapter, sample_index) of each candidate
-    for position, c in zip(positions, candidates):
-        used = taken.setdefault((c.model, c.adapter), store.sample_indices(prompt_id, c.model, c.adapter))
-        index = position
-        while index in used:
-            index += 1
-        used.add(index)
-        placed.append((c.model, c.adapter, index))
-        store.add_candidates(prompt_id, c.model, c.adapter, {"source": "score lab"}, [(index, c.seed, c.text)])
-    ids = {(r["model"], r["adapter"], r["sample_index"]): r["id"] for r in store.candidates(prompt_id)}
-    cid = [ids[key] for key in placed]
-    store.add_judgements(judge_id, [(i, c.judgement) for i, c in zip(cid, candidates)], judge.describe())
-    store.propose_pair(prompt_id, judge_id, cid[best], cid[worst],
-                       margin(candidates[best].judgement.score, candidates[worst].judgement.score))
-    [pair_id] = [r["id"] for r in store.pairs(set_name=LAB_SET, judge=judge_id) if r["prompt_id"] == prompt_id]
-    store.set_pair_status(pair_id, "accepted")
-    return pair_id, LAB_SET
+    (candidates[best], candidates[worst]) as an accepted pair in the LAB_SET prompt set, in one
+    transaction. The pair's id, and whether it is new: the same prompt saved again under the same
+    judge updates its pair (and reuses the candidates already stored), never doubles it."""
+    rows = [(c.model, c.adapter, position, c.seed, c.text, c.judgement) for position, c in zip(positions, candidates)]
+    return store.save_chosen_pair(LAB_SET, instruction, category, judge.id, judge.describe(), rows, best, worst,
+                                  margin(candidates[best].judgement.score, candidates[worst].judgement.score))

@@ -24,6 +24,11 @@ from ipo_tui import config
 from ipo_tui.errors import IpoError
 
 PAIR_STATUSES = ("proposed", "accepted", "rejected", "edited")
+# the pairs a person kept (a swap or an edit leaves a pair `edited`): what training and export take
+# unless told otherwise, in the CLI, the app and the API alike
+TRAINED_STATUSES = ("accepted", "edited")
+# what a loop trains on: it runs unattended, so the judge's proposals count too, never a rejected pair
+LOOP_STATUSES = ("proposed", *TRAINED_STATUSES)
 
 MIGRATIONS = [
     """
@@ -97,6 +102,42 @@ MIGRATIONS = [
     WHERE EXISTS (SELECT 1 FROM judgements WHERE candidate_id = pairs.chosen_id AND judge = pairs.judge)
       AND EXISTS (SELECT 1 FROM judgements WHERE candidate_id = pairs.rejected_id AND judge = pairs.judge);
     """,
+    # curation a person can take back: each pair keeps the judge's own proposal (back to proposed
+    # restores it) and its category (the judge's routing, which an edit keeps); a margin may be
+    # unknown (an edited side its judge has not scored); curation_log holds each pair's state before
+    # every curation action, grouped by action, so the last action undoes as a whole
+    """
+    CREATE TABLE pairs_new (
+        id INTEGER PRIMARY KEY,
+        prompt_id INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
+        chosen_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+        rejected_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+        judge TEXT NOT NULL, margin REAL,
+        status TEXT NOT NULL DEFAULT 'proposed'
+            CHECK (status IN ('proposed', 'accepted', 'rejected', 'edited')),
+        updated_at TEXT NOT NULL, curation TEXT, category TEXT,
+        judge_chosen_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+        judge_rejected_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+        judge_margin REAL,
+        UNIQUE (prompt_id, judge));
+    INSERT INTO pairs_new (id, prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at, curation, category,
+                           judge_chosen_id, judge_rejected_id, judge_margin)
+    SELECT pr.id, pr.prompt_id, pr.chosen_id, pr.rejected_id, pr.judge, pr.margin, pr.status, pr.updated_at, pr.curation,
+        COALESCE((SELECT category FROM judgements WHERE candidate_id = pr.chosen_id AND judge = pr.judge LIMIT 1),
+                 (SELECT category FROM judgements WHERE candidate_id = pr.rejected_id AND judge = pr.judge LIMIT 1)),
+        CASE pr.curation WHEN 'swap' THEN pr.rejected_id ELSE pr.chosen_id END,
+        CASE pr.curation WHEN 'swap' THEN pr.chosen_id ELSE pr.rejected_id END,
+        CASE pr.curation WHEN 'swap' THEN -pr.margin ELSE pr.margin END
+    FROM pairs pr;
+    DROP TABLE pairs;
+    ALTER TABLE pairs_new RENAME TO pairs;
+    CREATE TABLE curation_log (
+        id INTEGER PRIMARY KEY, action INTEGER NOT NULL, what TEXT NOT NULL,
+        pair_id INTEGER NOT NULL REFERENCES pairs(id) ON DELETE CASCADE,
+        chosen_id INTEGER NOT NULL, rejected_id INTEGER NOT NULL, margin REAL, status TEXT NOT NULL, curation TEXT,
+        created_at TEXT NOT NULL);
+    CREATE INDEX curation_log_action ON curation_log (action);
+    """,
 ]
 CURATIONS = ("accept", "reject", "swap", "edit")
 
@@ -123,6 +164,10 @@ _INSERT_JUDGEMENT = ("INSERT OR REPLACE INTO judgements (candidate_id, judge, te
 
 def _judgement_row(candidate_id: int, judge: str, j, stamp: str) -> tuple:
     return (candidate_id, judge, j.template, j.category, j.p_yes, j.mass, j.score, int(j.probability), stamp)
+
+
+def _count(pair_ids: list[int]) -> str:
+    return f"pair {pair_ids[0]}" if len(pair_ids) == 1 else f"{len(pair_ids)} pairs"
 
 
 def default_path() -> Path:
@@ -152,8 +197,9 @@ def _statements(script: str) -> list[str]:
 
 
 def _tables(version: int) -> set[str]:
-    """The tables a workspace of schema `version` has."""
-    return set(re.findall(r"CREATE TABLE (\w+)", "".join(MIGRATIONS[:version])))
+    """The tables a workspace of schema `version` has (a table rebuilt under a new name counts once)."""
+    scripts = "".join(MIGRATIONS[:version])
+    return set(re.findall(r"CREATE TABLE (\w+)", scripts)) - set(re.findall(r"ALTER TABLE (\w+) RENAME", scripts))
 
 
 class Store:
@@ -401,48 +447,58 @@ class Store:
 
     # --- pairs ----------------------------------------------------------------------------------
 
-    def propose_pair(self, prompt_id: int, judge: str, chosen_id: int, rejected_id: int, margin: float) -> None:
-        """Propose (chosen, rejected) for a prompt; a pair a person already curated is left as it is."""
+    def propose_pair(self, prompt_id: int, judge: str, chosen_id: int, rejected_id: int, margin: float,
+                     category: str | None = None) -> None:
+        """Propose (chosen, rejected) for a prompt, in the judge's `category`; a pair a person already
+        curated is left as it is."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'proposed', ?) "
+                "INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at, category, "
+                "judge_chosen_id, judge_rejected_id, judge_margin) VALUES (?, ?, ?, ?, ?, 'proposed', ?, ?, ?, ?, ?) "
                 "ON CONFLICT (prompt_id, judge) DO UPDATE SET chosen_id = excluded.chosen_id, "
-                "rejected_id = excluded.rejected_id, margin = excluded.margin, updated_at = excluded.updated_at "
+                "rejected_id = excluded.rejected_id, margin = excluded.margin, updated_at = excluded.updated_at, "
+                "category = excluded.category, judge_chosen_id = excluded.judge_chosen_id, "
+                "judge_rejected_id = excluded.judge_rejected_id, judge_margin = excluded.judge_margin "
                 "WHERE pairs.status = 'proposed'",
-                (prompt_id, chosen_id, rejected_id, judge, margin, now()))
+                (prompt_id, chosen_id, rejected_id, judge, margin, now(), category, chosen_id, rejected_id, margin))
 
     def set_pair_status(self, pair_ids: int | list[int], status: str, bulk: bool = False) -> None:
-        """Curate one pair or several at once (all of them, or none if an id is unknown). A `bulk`
-        decision (every pair above a margin) is not a person's check of each pair: it leaves the
-        pairs' curation action unrecorded."""
-        if status not in PAIR_STATUSES:
-            raise IpoError(f"unknown pair status {status!r}: choose one of {', '.join(PAIR_STATUSES)}")
-        curation = None if bulk else {"accepted": "accept", "rejected": "reject"}.get(status)
+        """Accept or reject one pair or several at once (all of them, or none if an id is unknown). A
+        `bulk` decision (every pair above a margin) is not a person's check of each pair: it leaves the
+        pairs' curation action unrecorded. Accepting a swapped or edited pair keeps it `edited`, with
+        its swap or edit on record: the person's sides are not the judge's."""
+        if status not in ("accepted", "rejected"):
+            raise IpoError(f"a pair can be set accepted or rejected, not {status!r}: a swap or an edit makes it "
+                           "edited, and back to proposed restores the judge's own pair")
+        ids = [pair_ids] if isinstance(pair_ids, int) else list(pair_ids)
+        verb = {"accepted": "accept", "rejected": "reject"}[status]
+        curation = None if bulk else verb
         with self.transaction() as db:
-            for pair_id in [pair_ids] if isinstance(pair_ids, int) else pair_ids:
-                if db.execute("UPDATE pairs SET status = ?, curation = ?, updated_at = ? WHERE id = ?",
-                              (status, curation, now(), pair_id)).rowcount == 0:
-                    raise IpoError(f"no pair with id {pair_id}; nothing was changed")
+            self._log_curation(db, f"{'bulk ' if bulk else ''}{verb} of {_count(ids)}", ids)
+            db.executemany(
+                "UPDATE pairs SET status = CASE WHEN ? = 'accepted' AND (chosen_id <> judge_chosen_id "
+                "OR rejected_id <> judge_rejected_id) THEN 'edited' ELSE ? END, curation = CASE WHEN ? = 'accepted' "
+                "AND (chosen_id <> judge_chosen_id OR rejected_id <> judge_rejected_id) THEN curation ELSE ? END, "
+                "updated_at = ? WHERE id = ?", [(status, status, status, curation, now(), i) for i in ids])
 
     def swap_pair(self, pair_id: int) -> None:
-        """A person says the judge had it backwards: chosen and rejected trade places."""
+        """A person says the judge had it backwards: chosen and rejected trade places, and the margin
+        (the judge's score of the new chosen minus the new rejected) turns negative."""
         with self.transaction() as db:
-            if db.execute("UPDATE pairs SET chosen_id = rejected_id, rejected_id = chosen_id, margin = -margin, "
-                          "status = 'edited', curation = 'swap', updated_at = ? WHERE id = ?",
-                          (now(), pair_id)).rowcount == 0:
-                raise IpoError(f"no pair with id {pair_id}")
+            self._log_curation(db, f"swap of {_count([pair_id])}", [pair_id])
+            db.execute("UPDATE pairs SET chosen_id = rejected_id, rejected_id = chosen_id, margin = -margin, "
+                       "status = 'edited', curation = 'swap', updated_at = ? WHERE id = ?", (now(), pair_id))
 
     def edit_pair(self, pair_id: int, chosen: str | None = None, rejected: str | None = None,
                   judgements: dict | None = None) -> None:
         """Replace a side's text by a person's edit, stored as a new candidate (model 'edited') so the
         sampled text stays; `judgements` ({"chosen"|"rejected": Judgement}) re-scores the new texts
-        under the pair's judge, and the margin follows."""
+        under the pair's judge. The margin follows the scores, and is unknown (None) while a side has
+        none; the pair keeps its category."""
         judgements = judgements or {}
         with self.transaction() as db:
+            self._log_curation(db, f"edit of {_count([pair_id])}", [pair_id])
             pair = db.execute("SELECT * FROM pairs WHERE id = ?", (pair_id,)).fetchone()
-            if pair is None:
-                raise IpoError(f"no pair with id {pair_id}")
             ids = {"chosen": pair["chosen_id"], "rejected": pair["rejected_id"]}
             for side, text in (("chosen", chosen), ("rejected", rejected)):
                 if text is None:
@@ -459,9 +515,100 @@ class Store:
             scores = {side: db.execute("SELECT logit_margin FROM judgements WHERE candidate_id = ? AND judge = ?",
                                        (cid, pair["judge"])).fetchone() for side, cid in ids.items()}
             margin = (scores["chosen"][0] - scores["rejected"][0]  # the score's margin (judge/scoring.py)
-                      if scores["chosen"] and scores["rejected"] else pair["margin"])
+                      if scores["chosen"] and scores["rejected"] else None)
             db.execute("UPDATE pairs SET chosen_id = ?, rejected_id = ?, margin = ?, status = 'edited', curation = 'edit', "
                        "updated_at = ? WHERE id = ?", (ids["chosen"], ids["rejected"], margin, now(), pair_id))
+
+    def reset_pairs(self, pair_ids: int | list[int]) -> None:
+        """Back to proposed: the judge's own chosen, rejected and margin, no curation on record."""
+        ids = [pair_ids] if isinstance(pair_ids, int) else list(pair_ids)
+        with self.transaction() as db:
+            self._log_curation(db, f"back to proposed of {_count(ids)}", ids)
+            db.executemany("UPDATE pairs SET chosen_id = judge_chosen_id, rejected_id = judge_rejected_id, "
+                           "margin = judge_margin, status = 'proposed', curation = NULL, updated_at = ? WHERE id = ?",
+                           [(now(), i) for i in ids])
+
+    def undo_curation(self) -> str | None:
+        """Take back the last curation action (one pair's, or a bulk action's as a whole): its pairs
+        return to their state before it. What was undone, in one line; None when nothing is left."""
+        with self.transaction() as db:
+            last = db.execute("SELECT action, what FROM curation_log ORDER BY action DESC LIMIT 1").fetchone()
+            if last is None:
+                return None
+            db.execute("UPDATE pairs SET (chosen_id, rejected_id, margin, status, curation, updated_at) = "
+                       "(SELECT l.chosen_id, l.rejected_id, l.margin, l.status, l.curation, ? FROM curation_log l "
+                       " WHERE l.action = ? AND l.pair_id = pairs.id) "
+                       "WHERE id IN (SELECT pair_id FROM curation_log WHERE action = ?)",
+                       (now(), last["action"], last["action"]))
+            db.execute("DELETE FROM curation_log WHERE action = ?", (last["action"],))
+        return f"undid the {last['what']}"
+
+    @staticmethod
+    def _log_curation(db: sqlite3.Connection, what: str, pair_ids: list[int]) -> None:
+        """Each pair's state before a curation action, for undo_curation; an unknown id fails the
+        whole action."""
+        action = db.execute("SELECT COALESCE(MAX(action), 0) + 1 FROM curation_log").fetchone()[0]
+        for pair_id in pair_ids:
+            if db.execute("INSERT INTO curation_log (action, what, pair_id, chosen_id, rejected_id, margin, status, "
+                          "curation, created_at) SELECT ?, ?, id, chosen_id, rejected_id, margin, status, curation, ? "
+                          "FROM pairs WHERE id = ?", (action, what, now(), pair_id)).rowcount == 0:
+                raise IpoError(f"no pair with id {pair_id}; nothing was changed")
+
+    def save_chosen_pair(self, set_name: str, instruction: str, category: str, judge: str, settings: dict,
+                         candidates: list[tuple[str, str, int, int, str, object]], best: int, worst: int,
+                         margin: float) -> tuple[int, bool]:
+        """A person's pick, in one transaction: the prompt (found by its text in `set_name`, or added),
+        its candidates ((model, adapter, sample index, seed, text, Judgement); one already there is
+        kept) with their judgements, and (candidates[best], candidates[worst]) as an accepted pair. The pair id,
+        and whether it is new: saving the same prompt under the same judge again updates its pair."""
+        with self.transaction() as db:
+            prompt_id = self._lab_prompt(db, set_name, instruction, category)
+            db.execute("INSERT OR IGNORE INTO judges (id, settings, created_at) VALUES (?, ?, ?)",
+                       (judge, json.dumps(settings, sort_keys=True), now()))
+            ids = [self._lab_candidate(db, prompt_id, c) for c in candidates]
+            db.executemany(_INSERT_JUDGEMENT, [_judgement_row(i, judge, c[5], now()) for i, c in zip(ids, candidates)])
+            known = db.execute("SELECT id FROM pairs WHERE prompt_id = ? AND judge = ?", (prompt_id, judge)).fetchone()
+            pair = (prompt_id, ids[best], ids[worst], judge, margin, now(), category, ids[best], ids[worst], margin)
+            pair_id = db.execute(
+                "INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, curation, updated_at, "
+                "category, judge_chosen_id, judge_rejected_id, judge_margin) "
+                "VALUES (?, ?, ?, ?, ?, 'accepted', 'accept', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (prompt_id, judge) DO UPDATE SET chosen_id = excluded.chosen_id, "
+                "rejected_id = excluded.rejected_id, margin = excluded.margin, status = 'accepted', curation = 'accept', "
+                "updated_at = excluded.updated_at, category = excluded.category, judge_chosen_id = excluded.judge_chosen_id, "
+                "judge_rejected_id = excluded.judge_rejected_id, judge_margin = excluded.judge_margin RETURNING id",
+                pair).fetchone()[0]
+        return pair_id, known is None
+
+    @staticmethod
+    def _lab_prompt(db: sqlite3.Connection, set_name: str, text: str, category: str) -> int:
+        row = db.execute("SELECT id FROM prompt_sets WHERE name = ?", (set_name,)).fetchone()
+        set_id = row["id"] if row else db.execute(
+            "INSERT INTO prompt_sets (name, source, created_at) VALUES (?, 'score lab', ?)", (set_name, now())).lastrowid
+        found = db.execute("SELECT id FROM prompts WHERE set_id = ? AND text = ? ORDER BY id LIMIT 1",
+                           (set_id, text)).fetchone()
+        if found:
+            return found["id"]
+        position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM prompts WHERE set_id = ?", (set_id,)).fetchone()[0]
+        return db.execute("INSERT INTO prompts (set_id, position, text, category, meta) VALUES (?, ?, ?, ?, '{}')",
+                          (set_id, position, text, category)).lastrowid
+
+    @staticmethod
+    def _lab_candidate(db: sqlite3.Connection, prompt_id: int, candidate: tuple) -> int:
+        """The id of a prompt's candidate with this model, adapter and text, stored if new at the
+        first free sample index from the one asked."""
+        model, adapter, index, seed, text = candidate[:5]
+        found = db.execute("SELECT id FROM candidates WHERE prompt_id = ? AND model = ? AND adapter = ? AND text = ?",
+                           (prompt_id, model, adapter, text)).fetchone()
+        if found:
+            return found["id"]
+        used = {r[0] for r in db.execute("SELECT sample_index FROM candidates WHERE prompt_id = ? AND model = ? "
+                                         "AND adapter = ?", (prompt_id, model, adapter))}
+        while index in used:
+            index += 1
+        return db.execute("INSERT INTO candidates (prompt_id, text, model, adapter, sample_index, seed, sampling, "
+                          "created_at) VALUES (?, ?, ?, ?, ?, ?, '{\"source\": \"score lab\"}', ?)",
+                          (prompt_id, text, model, adapter, index, seed, now())).lastrowid
 
     def pairs(self, statuses: tuple[str, ...] = PAIR_STATUSES, set_name: str | None = None,
               judge: str | None = None) -> list[sqlite3.Row]:
@@ -470,10 +617,12 @@ class Store:
             if status not in PAIR_STATUSES:
                 raise IpoError(f"unknown pair status {status!r}: choose among {', '.join(PAIR_STATUSES)}")
         sql = (
-            "SELECT pr.id, pr.prompt_id, pr.status, pr.margin, pr.judge, pr.updated_at, p.text AS prompt, p.category AS prompt_category, "
+            "SELECT pr.id, pr.prompt_id, pr.status, pr.curation, pr.margin, pr.judge, pr.updated_at, p.text AS prompt, "
+            "p.category AS prompt_category, "
             "s.name AS prompt_set, ch.text AS chosen, rj.text AS rejected, "
             "jc.logit_margin AS score_chosen, jr.logit_margin AS score_rejected, "
-            "jc.probability AND jr.probability AS probability, jc.category AS category "
+            "jc.probability AND jr.probability AS probability, "
+            "COALESCE(pr.category, jc.category, jr.category, p.category) AS category "
             "FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id JOIN prompt_sets s ON s.id = p.set_id "
             "JOIN candidates ch ON ch.id = pr.chosen_id JOIN candidates rj ON rj.id = pr.rejected_id "
             "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "
@@ -491,7 +640,7 @@ class Store:
         """How often a person accepted, rejected, swapped or edited the judge's pairs: (judge, settings,
         category, curation, pairs) rows, curated pairs only."""
         return self.db.execute(
-            "SELECT pr.judge, jd.settings, COALESCE(jc.category, p.category, '') AS pair_category, pr.curation, "
+            "SELECT pr.judge, jd.settings, COALESCE(pr.category, jc.category, p.category, '') AS pair_category, pr.curation, "
             "COUNT(*) AS pairs FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id "
             "LEFT JOIN judges jd ON jd.id = pr.judge "
             "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "
