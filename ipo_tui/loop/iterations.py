@@ -42,7 +42,7 @@ from ipo_tui.loop import controls, server_handoff, stages
 from ipo_tui.training import runner
 from ipo_tui.training import settings as train_settings
 from ipo_tui.workspace import locks
-from ipo_tui.workspace.store import Store
+from ipo_tui.workspace.store import LOOP_STATUSES, Store
 
 Events = Callable[[str], None]
 
@@ -222,7 +222,7 @@ def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, 
         min_margin = spec["min_margin"] if pairs_by != "self-reward" else 0.0  # a 1-5 rating has its own scale
         report = stage("pairs", lambda: stages.build_pairs(store, pairer, policy, prompts, min_margin))
     train_ids = {p["id"] for p in train_prompts}
-    pairs = [r for r in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], pairer)
+    pairs = [r for r in store.pairs(LOOP_STATUSES, spec["prompts"], pairer)
              if r["prompt_id"] in train_ids]
     if not pairs:
         raise IpoError(f"iteration {k + 1}: no pairs to train on by {pairs_by} ({report.too_close} too close, "
@@ -352,7 +352,7 @@ def _evaluate(store: Store, engine, previous: stages.Policy, previous_judge: str
     result: dict = {"held_out_prompts": len(held_out)}
     held_ids = {p["id"] for p in held_out}
     agree = total = 0
-    for pair in store.pairs(("proposed", "accepted", "edited"), spec["prompts"], previous_judge):
+    for pair in store.pairs(LOOP_STATUSES, spec["prompts"], previous_judge):
         if pair["prompt_id"] in held_ids:
             chosen, rejected = judge.score(pair["prompt"], [pair["chosen"], pair["rejected"]])
             agree, total = agree + prefers(chosen.score, rejected.score), total + 1
