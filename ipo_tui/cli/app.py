@@ -7,22 +7,42 @@ import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
+from ipo_tui import __version__, stopping
 from ipo_tui.cli import bench, data, evaluation, export, scoring, training
-from ipo_tui.cli.common import ModelOpt, WorkspaceOpt, err
-from ipo_tui import stopping
+from ipo_tui.cli.common import ModelOpt, WorkspaceOpt, err, out, readable_metavars
 from ipo_tui.errors import IpoError, Stopped
+
+APP_BACKENDS = ("hf", "llamacpp", "auto")  # a server is chosen in the app, on the Model screen, with its URL
+
+
+class Commands(TyperGroup):
+    """`ipo` and every command under it, with option help a person reads (`readable_metavars`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        readable_metavars(self)
+
 
 app = typer.Typer(
     help="Implicit Preference Optimization: a model judges its own answers by p(Yes) and learns from them. "
          "With no command, opens the app.",
-    pretty_exceptions_enable=False, add_completion=False,
+    cls=Commands, pretty_exceptions_enable=False, add_completion=False,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        out.print(f"ipo {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback(invoke_without_command=True)
 def _default(ctx: typer.Context, verbose: bool = typer.Option(
-        False, "--verbose", help="Let llama.cpp's and transformers' own logs through (they are kept quiet otherwise).")) -> None:
+        False, "--verbose", help="Let llama.cpp's and transformers' own logs through (they are kept quiet otherwise)."),
+        version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                     help="Print ipo's version and exit.")) -> None:
     from ipo_tui import verbosity
 
     if verbose:
@@ -34,16 +54,24 @@ def _default(ctx: typer.Context, verbose: bool = typer.Option(
 @app.command()
 def tui(
     model: str | None = ModelOpt,
-    backend: str = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, or auto (the config's `backend:`, else hf)."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, or auto (llamacpp for GGUF files, else hf)."),
     workspace: Path | None = WorkspaceOpt,
     start: str = typer.Option("lab", "--start", help="First screen: model, lab, pairs, eval, train or runs."),
 ) -> None:
     """Open the app: live scoring, pair curation, training dashboard, evaluation, runs."""
+    from ipo_tui import backends
+    from ipo_tui.backends import weights
     from ipo_tui.tui.app import IpoApp, run
 
     if start not in IpoApp.MODES:
         raise IpoError(f"--start {start}: choose one of {', '.join(IpoApp.MODES)}")
-    run(workspace=workspace, model=model, backend=None if backend == "auto" else backend, start=start)
+    if backend not in APP_BACKENDS:
+        raise IpoError(f"--backend {backend}: choose one of {', '.join(APP_BACKENDS)} "
+                       "(the app connects to a server from its Model screen, F2)")
+    # the engine chosen by the rule every command follows, before the app opens: a model that
+    # cannot load is refused here in one line, as every command refuses it
+    engine = backends.choose(backend, weights.resolve(model))
+    run(workspace=workspace, model=model, backend=engine, start=start)
 
 
 app.command()(scoring.score)

