@@ -68,10 +68,11 @@ def tui(
     if backend not in APP_BACKENDS:
         raise IpoError(f"--backend {backend}: choose one of {', '.join(APP_BACKENDS)} "
                        "(the app connects to a server from its Model screen, F2)")
-    # the engine chosen by the rule every command follows, before the app opens: a model that
-    # cannot load is refused here in one line, as every command refuses it
-    engine = backends.choose(backend, weights.resolve(model))
-    run(workspace=workspace, model=model, backend=engine, start=start)
+    # checked by the rule every command follows before the app opens (a model that cannot load is
+    # refused here in one line); the app keeps the choice itself, so that "auto" still holds for
+    # a model picked later on its Model screen
+    backends.choose(backend, weights.resolve(model))
+    run(workspace=workspace, model=model, backend=backend, start=start)
 
 
 app.command()(scoring.score)

@@ -5,6 +5,9 @@ headless core. Long work (loading, scoring, generating, evaluating) runs in thre
 post messages back; the one backend is shared by every screen and guarded by `engine_lock`, so
 a scoring worker and a generation worker never drive the engine at the same time.
 
+An exception nothing caught ends the app (Textual's rule): its traceback goes to the crash log,
+the terminal gets one line pointing there, and the process exits with status 1.
+
     python -m ipo_tui.tui.app [--model PATH] [--backend hf|llamacpp|auto] [--workspace FILE]
 """
 
@@ -12,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import threading
-from pathlib import Path
+import traceback
 from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -22,8 +28,11 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.signal import Signal
+from textual.worker import WorkerFailed
 
+from ipo_tui import backends
 from ipo_tui.errors import IpoError
+from ipo_tui.tui.screens.base import one_line
 from ipo_tui.tui.screens.evaluation import EvalScreen
 from ipo_tui.tui.screens.help import HelpScreen
 from ipo_tui.tui.screens.lab import LabScreen
@@ -62,8 +71,11 @@ class IpoApp(App):
     MODES = {"model": ModelScreen, "lab": LabScreen, "pairs": PairsScreen, "eval": EvalScreen,
              "train": TrainScreen, "runs": RunsScreen}
     DEFAULT_MODE = "lab"
+    # screens below 100 columns or 32 rows get the class -narrow or -short: the CSS fits them in
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
-        Binding("f1", "help", "Help", priority=True),
+        Binding("f1", "help", "Help", key_display="F1", priority=True),
         Binding("question_mark", "help", "Help", show=False),
         Binding("f2", "goto('model')", "Model", show=False, priority=True),
         Binding("f3", "goto('lab')", "Score lab", show=False, priority=True),
@@ -90,7 +102,8 @@ class IpoApp(App):
             self.config, _ = {}, self.startup_errors.append(str(exc))
         self.workspace = Path(workspace) if workspace else None
         self.model_spec = model
-        self.backend_name = backend or str(self.config.get("backend") or "hf")
+        self.backend_name = backend or "auto"
+        backends.choose(self.backend_name, None)  # an unknown name is refused here, in one line
         self.start_mode = start if start in self.MODES else "lab"
         self.eval_file = eval_file
         self.browse_root = browse_root
@@ -102,8 +115,9 @@ class IpoApp(App):
         self.engine_message = ""
         self._owns_engine = False
         self.engine_lock = threading.RLock()
-        self.template_overrides: dict = {}  # template name -> Template edited in this session
         self._store = None
+        self.crash: str | None = None  # the line that says why the app ended, when an exception did it
+        self._crash_logged = False
         self.engine_changed_signal: Signal = Signal(self, "engine-changed")
         self.engine_status_signal: Signal = Signal(self, "engine-status")
         if engine is not None:
@@ -124,9 +138,7 @@ class IpoApp(App):
     def _make_judge(self, engine):
         from ipo_tui.judge.scoring import configured_judge
 
-        judge = configured_judge(engine, config=self.config)
-        judge.templates.update(self.template_overrides)
-        return judge
+        return configured_judge(engine, config=self.config)
 
     def engine_label(self) -> str:
         if self.engine_state == "loading":
@@ -146,7 +158,6 @@ class IpoApp(App):
         from ipo_tui.judge.templates import templates
 
         known = templates(self.config)
-        known.update(self.template_overrides)
         name = load_settings(self.config).for_category(category).templates[0]
         if name not in known:
             raise IpoError(f"unknown category or template {name!r}")
@@ -159,12 +170,6 @@ class IpoApp(App):
         from ipo_tui.judge.settings import load_settings
 
         return load_settings(self.config).for_category(category).describe()
-
-    def set_template(self, template) -> None:
-        """Use an edited template for the rest of the session."""
-        self.template_overrides[template.name] = template
-        if self.judge is not None:
-            self.judge.templates[template.name] = template
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -190,6 +195,17 @@ class IpoApp(App):
         if self._store is not None:
             self._store.close()
 
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's one door for an exception nothing caught (a handler, a timer, a worker): the app
+        ends with status 1, and a Pilot test re-raises it. The traceback goes to the crash log and
+        `run` prints one line; Textual's own traceback (with its locals) is printed only where the
+        log could not be written."""
+        if self.crash is None:  # the first one is the cause; later ones follow from it
+            self.crash, self._crash_logged = report_crash(error.error if isinstance(error, WorkerFailed) else error)
+        super()._handle_exception(error)
+        if self._crash_logged:  # what Textual would print on exit: the log has it
+            self._exit_renderables.clear()
+
     def _set_engine_state(self, state: str, message: str = "") -> None:
         self.engine_state, self.engine_message = state, message
         self.engine_status_signal.publish(state)
@@ -199,14 +215,12 @@ class IpoApp(App):
     def load_engine(self, backend: str, ref, options: dict) -> None:
         """Load `ref` on `backend` in a worker; the old engine stays in use until the new one is ready.
         For the server backend `ref` names the served model (None: the one it lists)."""
-        if backend == "auto":
-            backend = "llamacpp" if ref.kind == "gguf" else "hf"
+        backend = backends.choose(backend, ref)  # the rule every command follows
         self._set_engine_state("loading", f"{ref.name if ref else 'the served model'} ({backend})")
         self._load_worker(backend, ref, dict(options))
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load_worker(self, backend: str, ref, options: dict) -> None:
-        from ipo_tui import backends
         from ipo_tui.backends import weights
 
         def status(text: str) -> None:
@@ -286,8 +300,9 @@ class IpoApp(App):
             yield SystemCommand(f"Go to {title}", f"Show the {title} screen", lambda m=mode: self.action_goto(m))
         commands = [
             ("Load model", "Load the model chosen on the Model screen", "model", "load"),
-            ("Generate candidates", "Fill the candidate editors with samples from the model", "lab", "generate"),
-            ("Save pair", "Store the best and worst candidates as an accepted pair", "lab", "save_pair"),
+            ("Generate candidates", "Samples from the model into the empty boxes (typed text stays)", "lab", "generate"),
+            ("Save pair", "Store the best and worst candidates as an accepted pair (again: update it)", "lab", "save_pair"),
+            ("Reset templates", "Back to the loaded judge's templates in the score lab", "lab", "reset_templates"),
             ("Add candidate", "Add a candidate editor to the score lab", "lab", "add_candidate"),
             ("Export pairs", "Write the pairs as TRL JSONL", "pairs", "export"),
             ("Bulk-accept pairs", "Accept the shown proposed pairs whose margin (log-odds) reaches the bulk margin", "pairs", "bulk_accept"),
@@ -300,15 +315,36 @@ class IpoApp(App):
         yield SystemCommand("Help", "Keys of every screen", self.action_help)
 
 
+def report_crash(error: BaseException) -> tuple[str, bool]:
+    """Append `error`'s traceback to the crash log; the line to print, and whether it was written."""
+    from ipo_tui.supervisor import crash_log
+
+    what = one_line(f"{type(error).__name__}: {error}", 160)
+    path = crash_log()
+    try:
+        with path.open("a", encoding="utf-8") as log:
+            log.write(f"--- {datetime.now():%Y-%m-%d %H:%M:%S} the ipo app stopped on an exception\n")
+            log.write("".join(traceback.format_exception(error)))
+    except OSError as exc:
+        return f"ipo: the app stopped on {what} (the crash log could not be written: {exc})", False
+    return f"ipo: the app stopped on {what}; traceback in {path}", True
+
+
 def run(**kwargs) -> None:
-    """Start the app: IpoApp(workspace=None, model=None, backend=None)."""
-    IpoApp(**kwargs).run()
+    """Start the app: IpoApp(workspace=None, model=None, backend=None). When an exception ended it,
+    say so in one line (the traceback is in the crash log) and exit with status 1."""
+    app = IpoApp(**kwargs)
+    app.run()
+    if app.crash is not None:
+        print(app.crash, file=sys.stderr)
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ipo_tui.tui.app", description=IpoApp.__doc__)
     parser.add_argument("--model", "-m", help="GGUF file, HF folder or registered name (default: embedded)")
-    parser.add_argument("--backend", "-b", choices=("hf", "llamacpp", "auto"), help="default: hf (or `backend:` in the config)")
+    parser.add_argument("--backend", "-b", choices=("hf", "llamacpp", "auto"),
+                        help="default: auto (llamacpp for a GGUF file, else hf)")
     parser.add_argument("--workspace", "-w", type=Path, help="workspace SQLite file")
     parser.add_argument("--start", default="lab", choices=tuple(IpoApp.MODES), help="first screen")
     parser.add_argument("--no-load", action="store_true", help="do not load the model at start")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
@@ -12,6 +13,9 @@ from ipo_tui.tui.widgets.nav import NavBar
 class ModeScreen(Screen):
     MODE = ""
     HELP = ""
+    # first here, so the footer shows F1 Help first on every screen, however narrow the terminal
+    # (the app's own F1 binding, a priority one, handles the key)
+    BINDINGS = [Binding("f1", "app.help", "Help", key_display="F1")]
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -31,6 +35,11 @@ class ModeScreen(Screen):
         """Show a problem in the status line and as a notification; never raise."""
         self.set_status(f"✗ {text}", "bold red")
         self.notify(text, title=title or "error", severity="error", timeout=10)
+
+
+def count(n: int, noun: str) -> str:
+    """`n` and the noun, plural unless n is 1: "1 candidate", "3 candidates"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def one_line(text: str | None, width: int) -> str:

@@ -15,7 +15,7 @@ GLOBAL = """\
 | --- | --- |
 | `F2` … `F7` | Model · Score lab · Pairs · Evaluation · Training · Runs |
 | `ctrl+p` | command palette: every screen and action by name |
-| `F1` or `?` | this help (`escape` closes it) |
+| `F1` or `?` | this help (`escape` closes it; in a text field `?` is typed, `F1` opens it) |
 | `tab` / `shift+tab` | next / previous field |
 | `ctrl+q` | quit |
 """

