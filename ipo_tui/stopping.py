@@ -54,6 +54,10 @@ class StopRequest:
             signal.signal(signum, self._record)
 
     def _record(self, signum, frame) -> None:
+        self.record(signum)
+
+    def record(self, signum: int) -> None:
+        """A stop by `signum` that its receiver handles itself (the app closes), kept for the exit status."""
         self.signum = self.signum or signum
 
     @property

@@ -75,13 +75,17 @@ def _wait(child: subprocess.Popen) -> int:
     """The child's exit status, passing on the signals sent to this process. A Ctrl-C typed at the
     terminal, or the hangup of a closed one, reaches the child as well (one process group), so that
     one is not passed on: the child would see it twice. The kernel marks it (SI_KERNEL); a `kill`
-    or a script's send_signal is marked as sent by a process, and reached only this one."""
+    or a script's send_signal is marked as sent by a process, and reached only this one. The one
+    exception: where this process leads its session (`ipo` started as a tmux pane's or an ssh
+    command's own process), the kernel tells a hangup to it alone."""
     watched = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
+    leads_session = os.getsid(0) == os.getpid()
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)  # after Popen: the child keeps its own mask
     try:
         while (status := child.poll()) is None:
             info = signal.sigtimedwait(watched, 1.0)  # SIGCHLD wakes it when the child ends
-            if info and info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
+            if info and info.si_signo != signal.SIGCHLD and (
+                    info.si_code != SI_KERNEL or (info.si_signo == signal.SIGHUP and leads_session)):
                 child.send_signal(info.si_signo)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
@@ -134,9 +138,12 @@ def _restore_terminal(saved) -> None:
         return
     import termios
 
-    termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
-    sys.stdout.write(RESET)
-    sys.stdout.flush()
+    try:
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+        sys.stdout.write(RESET)
+        sys.stdout.flush()
+    except (termios.error, OSError):
+        pass  # the terminal is gone (a hangup): nothing left to restore
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ or to its worker) exits 128+n with one line saying what stopped; KILL exits 137;
 Each test waits for a state (a stored row, a step on disk, a process gone), never for a time.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -241,3 +242,47 @@ def test_a_prompt_sets_generate_or_judge_while_another_process_runs_it_is_refuse
             run()  # free again once the holder is gone
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("how,status", [("terminal closed", 129), ("SIGTERM", 143)])
+def test_the_app_closes_when_its_terminal_closes_or_it_is_stopped(user_dirs, tmp_path, how, status):
+    """`ipo` as a terminal's own process (a tmux pane's, an ssh command's): the kernel tells a
+    hangup to it alone. The app used to run on, its terminal gone, spinning on a dead input."""
+    import pty
+    import select
+
+    args = [sys.executable, "-c", SUPERVISED, "tui", "--workspace", str(tmp_path / "ws.sqlite"), "--start", "pairs"]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the session leader, the pseudo-terminal its controlling one
+        os.execve(sys.executable, args, env_of(user_dirs))
+    drawn = bytearray()
+
+    def read_screen() -> bytes:
+        if select.select([terminal], [], [], 0.2)[0]:
+            with contextlib.suppress(OSError):  # EIO once the app is gone
+                drawn.extend(os.read(terminal, 65536))
+        return drawn
+
+    ended = []
+
+    def exited() -> bool:
+        if how == "SIGTERM":
+            read_screen()  # a full terminal would hold up the app's last writes
+        done, code = os.waitpid(pid, os.WNOHANG)
+        ended.extend([code] if done else [])
+        return bool(done)
+
+    try:
+        wait_for(lambda: b"Help" in read_screen(), 120, "the app's footer")
+        if how == "SIGTERM":
+            os.kill(pid, signal.SIGTERM)
+        else:
+            os.close(terminal)
+        wait_for(exited, 60, f"ipo tui to close after {how}")
+        assert os.waitstatus_to_exitcode(ended[0]) == status
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(terminal)
+        if not ended:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -90,6 +91,13 @@ app.command("loop")(training.loop)
 app.add_typer(export.app, name="export")
 
 
+def _say_stopped(line: str) -> None:
+    """The stop's one line, where a terminal is left to read it: after a hangup it is gone, and the
+    exit status (128 + the signal) says it all."""
+    with contextlib.suppress(OSError):
+        err.print(line, highlight=False)
+
+
 def main() -> None:
     stop = stopping.REQUEST.install()
     try:
@@ -100,13 +108,13 @@ def main() -> None:
         sys.exit(1)
     except Stopped as exc:
         stop.quiet()  # from here a later signal must not raise where nothing can catch it
-        err.print(str(exc), highlight=False)
+        _say_stopped(str(exc))
     except (KeyboardInterrupt, SystemExit) as exc:  # typer turns a KeyboardInterrupt into exit 130
         stop.quiet()
         if stop.signum is None and not isinstance(exc, KeyboardInterrupt):
             raise
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-        err.print(f"ipo {command}".strip() + f" stopped ({stop.name})", highlight=False)
+        _say_stopped(f"ipo {command}".strip() + f" stopped ({stop.name})")
     finally:
         stop.quiet()
     sys.exit(stop.exit_status)

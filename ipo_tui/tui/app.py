@@ -14,7 +14,9 @@ the terminal gets one line pointing there, and the process exits with status 1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import signal
 import sys
 import threading
 import traceback
@@ -30,7 +32,7 @@ from textual.screen import Screen
 from textual.signal import Signal
 from textual.worker import WorkerFailed
 
-from ipo_tui import backends
+from ipo_tui import backends, stopping
 from ipo_tui.errors import IpoError
 from ipo_tui.tui.screens.base import one_line
 from ipo_tui.tui.screens.evaluation import EvalScreen
@@ -174,6 +176,7 @@ class IpoApp(App):
     # --- lifecycle ----------------------------------------------------------------------------
 
     def on_mount(self) -> None:
+        self._close_on_stop_signals()
         for error in self.startup_errors:
             self.notify(error, title="config", severity="error", timeout=10)
         if self.start_mode != self.current_mode:
@@ -315,6 +318,19 @@ class IpoApp(App):
         yield SystemCommand("Help", "Keys of every screen", self.action_help)
 
 
+    def _close_on_stop_signals(self) -> None:
+        """A kill (TERM) or a closed terminal (HUP) closes the app as a stop signal ends every command:
+        otherwise the app ran on, its terminal gone, spinning on a dead input. The signal is kept for
+        the exit status (128 + its number)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._stopped_by, signum)
+
+    def _stopped_by(self, signum: int) -> None:
+        stopping.REQUEST.record(signum)
+        self.exit()
+
+
 def report_crash(error: BaseException) -> tuple[str, bool]:
     """Append `error`'s traceback to the crash log; the line to print, and whether it was written."""
     from ipo_tui.supervisor import crash_log
@@ -338,6 +354,7 @@ def run(**kwargs) -> None:
     if app.crash is not None:
         print(app.crash, file=sys.stderr)
         raise SystemExit(1)
+    stopping.REQUEST.check()  # closed by a stop signal: `ipo tui stopped (SIGTERM)`, status 128 + n
 
 
 def main(argv: list[str] | None = None) -> None:
