@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 
 ENV = "IPO_VERBOSE"
 
@@ -40,6 +41,14 @@ def quiet_datasets() -> None:
     if not verbose():
         datasets_logging.set_verbosity_error()
         hub_logging.set_verbosity_error()
+
+
+def quiet_library_warnings() -> None:
+    """Libraries' deprecation and future warnings about their own internals off unless verbose: in a
+    run's log they read as ipo's problems. ipo's own warnings still show."""
+    if not verbose():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"^(?!ipo_tui)")
 
 
 def quiet_stderr():

@@ -107,10 +107,10 @@ async def test_keypress_handled_while_scoring(tmp_path, hf_backend):
                 w.name == "score_worker" and w.state.name == "RUNNING" for w in app.workers), timeout=10, step=0.005)
             before, done, busy = len(screen.cards), [], []
 
-            def add_candidate() -> None:
+            async def add_candidate() -> None:
                 entered.append(time.perf_counter() - start)
                 busy.append(any(w.name == "score_worker" and w.state.name == "RUNNING" for w in app.workers))
-                type(screen).action_add_candidate(screen)
+                await type(screen).action_add_candidate(screen)
                 done.append((time.perf_counter(), len(screen.cards)))
 
             screen.action_add_candidate = add_candidate
@@ -172,7 +172,8 @@ async def test_template_without_placeholder_shows_error(tmp_path):
         assert "{instruction}" in error and "lacks" in error
         area.load_text("Request: {instruction}\nReply: {response}\nGood? Answer Yes or No.")
         await pilot.pause(0.5)
-        assert app.judge.templates["chat"].user.startswith("Request:")
+        assert screen.edits["chat"].user.startswith("Request:")
+        assert not app.judge.templates["chat"].user.startswith("Request:")  # the lab's own edit
 
 
 async def test_combined_scores_show_and_rank_as_scores(tmp_path, monkeypatch):
@@ -224,8 +225,8 @@ async def test_combined_scores_show_and_rank_as_scores(tmp_path, monkeypatch):
 
 async def test_accept_reject_swap_and_edit_pairs(tmp_path, hf_backend):
     store = Store(tmp_path / "ws.sqlite")
-    ids = seed_pairs(store)
     app = make_app(tmp_path, hf_backend, start="pairs")
+    ids = seed_pairs(store, app.judge.id)  # proposed by the loaded judge: it re-scores their edits
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         assert len(screen.rows) == 5
@@ -254,7 +255,9 @@ async def test_accept_reject_swap_and_edit_pairs(tmp_path, hf_backend):
         await wait_for(pilot, lambda: not detail.editing, timeout=60)
         edited = next(r for r in store.pairs() if r["id"] == ids[4])
         assert edited["status"] == "edited" and edited["rejected"] == "Green and purple."
-        assert edited["score_rejected"] != pytest.approx(0.30)
+        assert edited["score_rejected"] is not None and edited["score_rejected"] != pytest.approx(0.30)
+        assert edited["margin"] == pytest.approx(edited["score_chosen"] - edited["score_rejected"])
+        assert "saved and re-scored" in str(detail.query_one("#pair-note").render())
         await pilot.press("escape")
         assert app.screen is screen
 
@@ -266,17 +269,21 @@ async def test_sort_bulk_accept_and_export(tmp_path, monkeypatch):
     app = make_app(tmp_path, FakeEngine(), start="pairs")
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
-        await pilot.click("#pairs-table", offset=(40, 0))  # the margin column's header
+        await pilot.click("#pairs-table", offset=(45, 0))  # the margin column's header
         margins = [r["margin"] for r in screen.rows]
         assert margins == sorted(margins, reverse=True) and screen.sort_key == "margin"
         screen.query_one("#bulk-margin").value = "1"  # log-odds
         await pilot.press("b")
+        await wait_for(pilot, lambda: app.screen is not screen)  # asks first
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.screen is screen)
         accepted = {r["margin"] for r in store.pairs(("accepted",))}
         assert accepted and min(accepted) >= 1 and len(accepted) == 3
         await pilot.press("x")
-        await pilot.press("enter")  # the default: TRL JSONL of proposed, accepted and edited pairs
+        await pilot.press("enter")  # the default: TRL JSONL of the pairs that train (accepted and edited)
+        await wait_for(pilot, lambda: (tmp_path / "pairs.jsonl").is_file())
         lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
-        assert len(lines) == 5 and {"prompt", "chosen", "rejected", "score_chosen"} <= set(json.loads(lines[0]))
+        assert len(lines) == 3 and {"prompt", "chosen", "rejected", "score_chosen"} <= set(json.loads(lines[0]))
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -364,9 +371,8 @@ async def test_load_llamacpp_from_the_model_screen(tmp_path):
     app = make_app(tmp_path, None, start="model", autoload=False)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
-        assert "hf" in str(screen.query_one("#plan").render()) or "device" in str(screen.query_one("#plan").render())
-        await pilot.press("ctrl+b")  # llamacpp
         await pilot.pause()
+        assert screen.query_one("#backend").pressed_button.id == "backend-llamacpp"  # a GGUF file's, as in the CLI
         assert "q4_1" in str(screen.query_one("#plan").render())
         await pilot.press("ctrl+l")
         await wait_for(pilot, lambda: app.engine is not None, timeout=120)
@@ -410,7 +416,7 @@ async def test_load_a_server_from_the_model_screen_and_score_through_it(tmp_path
         app = make_app(tmp_path, None, start="model", autoload=False)
         async with app.run_test(size=SIZE) as pilot:
             screen = app.screen
-            await pilot.press("ctrl+b", "ctrl+b")  # hf -> llamacpp -> server
+            await pilot.press("ctrl+b")  # llamacpp (the embedded GGUF's) -> server
             screen.query_one("#base-url").value = ""
             await pilot.press("ctrl+l")
             await pilot.pause()

@@ -317,3 +317,14 @@ async def test_browse_goes_up_to_the_parent_folder(tmp_path):
         await pilot.pause()
         assert tree.path == inner.parent and str(inner.parent) in str(browse.query_one("#browse-note").render())
         await pilot.press("escape")
+
+
+def test_docs_app_lists_the_keys_that_f1_shows():
+    """docs/app.md says what the app's help says, screen by screen; regenerate its key tables with
+    `python -c "from ipo_tui.tui.app import keys_markdown; print(keys_markdown())"`."""
+    from pathlib import Path
+
+    from ipo_tui.tui.app import keys_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "app.md"
+    assert keys_markdown() in doc.read_text(), f"{doc} is behind the app's F1 help: regenerate its key tables"

@@ -119,6 +119,41 @@ def test_compare_pairs_two_policies_item_by_item(tmp_path):
         bench.compare(store, a, c)
 
 
+def test_a_benchmark_stopped_early_is_marked_incomplete(tmp_path):
+    """What a run will answer is said before it starts; a benchmark stopped after its first item is
+    listed as 1 of the 541 items asked, not as a result, and `compare` flags it."""
+    from test_app_support import FakeEngine
+    from typer.testing import CliRunner
+
+    from ipo_tui.cli.app import app
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(task, done, total):
+        if done:
+            raise Stop
+
+    assert bench.plan(["ifeval", "gsm8k"], None) == "ifeval 541 items (all), gsm8k 1319 items (all)"
+    assert bench.plan(["ifeval"], 50) == "ifeval 50 items"
+    store = Store(tmp_path / "ws.sqlite")
+    with pytest.raises(Stop):
+        bench.run(store, FakeEngine(), ["ifeval"], None, max_tokens=8, progress=stop_after_one)
+    tuned = FakeEngine()
+    tuned.adapter = "/runs/dpo-001/adapter"
+    complete, figures = bench.run(store, tuned, ["ifeval"], 2, max_tokens=8)
+    stopped = store.benches()[0]["id"]
+    assert bench.shortfall(bench.stored_figures(store, stopped)["ifeval"]) == "1 of 541"
+    assert bench.shortfall(figures["ifeval"]) is None and bench.stored_figures(store, complete) == figures
+    assert bench.compare(store, stopped, complete)["ifeval prompt strict"]["incomplete"] == {"a": "1 of 541"}
+    ws = ["-w", str(tmp_path / "ws.sqlite")]
+    listed = CliRunner().invoke(app, ["bench", "list", *ws], env={"COLUMNS": "200"})
+    assert "(1 of 541 asked: incomplete)" in listed.output and "(n=2)" in listed.output, listed.output
+    compared = CliRunner().invoke(app, ["bench", "compare", stopped, complete, *ws], env={"COLUMNS": "200"})
+    assert compared.exit_code == 0 and "ifeval prompt strict (incomplete)" in compared.output
+    assert f"{stopped}'s ifeval stopped short: 1 of 541 items asked" in compared.output, compared.output
+
+
 def test_judge_task_pairs_two_policies_judged_alike(tmp_path):
     """The judge task stores one verdict per pair under the file and the judge's settings (not the
     policy), so a base and its adapter pair up in `compare`; a second run judges nothing again."""

@@ -135,6 +135,31 @@ def test_stop_then_kill_then_resume(store, pair_file, tiny_model):
         runner.resume(run.id, store)
 
 
+def test_a_run_stopped_before_its_first_step_ends_at_once(store, pair_file, tiny_model):
+    """A trainer that has finished no step since its last checkpoint has nothing to save: a stop ends
+    it at once instead of waiting for its model to load and a whole step to end."""
+    run = runner.start("dpo", pair_file, tiny_model, dict(FAST, epochs=1), store)
+    assert runner.stop(run.id, store) is True  # it is loading
+    run = runner.info(store, run.id)
+    assert run.status == "stopped" and not runner._alive(run) and runner.unsaved_steps(run) == 0
+    run = runner.follow(runner.resume(run.id, store), store)
+    assert run.status == "completed" and [m["step"] for m in runner.read_metrics(run.folder)] == [1, 2]
+
+
+def test_a_prepare_stopped_before_it_recorded_the_run_is_done_again(store, pair_file, tiny_model):
+    """A loop stopped at the start of its train stage left the run's folder with its data but no
+    record; its resume prepares the same run id again (it was refused: the folder exists)."""
+    folder = store.path.parent / "runs" / "loop-001-iter1"
+    folder.mkdir(parents=True)
+    (folder / "data.jsonl").write_text("{}\n")
+    run = runner.prepare("dpo", pair_file, tiny_model, store, run_id="loop-001-iter1")
+    assert run.config["examples"] == len(PAIRS) and len((folder / "data.jsonl").read_text().splitlines()) == len(PAIRS)
+    (store.path.parent / "runs" / "dpo-009").mkdir()
+    (store.path.parent / "runs" / "dpo-009" / "notes.txt").write_text("someone's")
+    with pytest.raises(IpoError, match="exists already"):
+        runner.prepare("dpo", pair_file, tiny_model, store, run_id="dpo-009")
+
+
 def test_sft_run(store, tmp_path, tiny_model):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": p["prompt"], "response": p["chosen"]}) + "\n" for p in PAIRS))
@@ -329,7 +354,7 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_model):
         return subprocess.run([sys.executable, "-m", "ipo_tui", *args], capture_output=True, text=True, env=env, timeout=120)
 
     result = ipo("train", "dpo", "--model", tiny_model)
-    assert result.returncode == 1 and "no accepted pairs" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.returncode == 1 and "no accepted/edited pairs" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = ipo("train", "dpo", "--pairs", "nothere.jsonl", "--model", tiny_model)
     assert result.returncode == 1 and "nothere.jsonl does not exist" in result.stderr
     result = ipo("train", "dpo", "--pairs", "accepted", "--set", "lr=1")

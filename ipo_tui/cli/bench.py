@@ -68,6 +68,7 @@ def bench(
         from ipo_tui.evaluation.ifeval import checkers
 
         checkers()  # a missing lm-eval fails now too
+    err.print(f"benchmark: {benchmarks.plan(chosen, limit, pair_file)}", highlight=False)
     store = open_store(workspace)
     engine = open_backend(backend, model, device, dtype, ctx_len, threads, score_precision, adapter, base_url, concurrency)
     try:
@@ -117,7 +118,7 @@ def bench_list(workspace: Path | None = WorkspaceOpt) -> None:
     table = Table("bench", "policy", "settings", "figures", "answers")
     for row in store.benches():
         figures = benchmarks.stored_figures(store, row["id"])
-        text = ", ".join(f"{task} {benchmarks.HEADLINE[task]} {v[benchmarks.HEADLINE[task]]:.3f} (n={v['n']})"
+        text = ", ".join(f"{task} {benchmarks.HEADLINE[task]} {v[benchmarks.HEADLINE[task]]:.3f} ({_count(v)})"
                          for task, v in figures.items())
         lengths = ", ".join(f"{task} {v['mean_tokens']:.0f} tokens, {v['at_max_tokens']:.0%} at max"
                             for task, v in figures.items() if v.get("mean_tokens") is not None)
@@ -125,6 +126,14 @@ def bench_list(workspace: Path | None = WorkspaceOpt) -> None:
         table.add_row(row["id"], _policy_name(row), f"{s['backend']}, {s['decoding']}, max {s['max_tokens']}",
                       cell(text), cell(lengths))
     out.print(table)
+
+
+def _count(values: dict) -> str:
+    """n=50, or `1 of 541 asked: incomplete` for a task stopped before its end."""
+    from ipo_tui.evaluation.bench import shortfall
+
+    gap = shortfall(values)
+    return f"{gap} asked: incomplete" if gap else f"n={values['n']}"
 
 
 @app.command("compare")
@@ -139,8 +148,13 @@ def bench_compare(a: str = typer.Argument(..., help="A benchmark id (`ipo bench 
     table = Table("task", "n", a, b, "B - A", "only A right", "only B right", "McNemar p",
                   title=f"{b} against {a}", title_justify="left")
     for name, r in report.items():
-        table.add_row(name, str(r["n"]), f"{r['a']:.3f}", f"{r['b']:.3f}", f"{r['difference']:+.3f}",
-                      str(r["only_a"]), str(r["only_b"]), f"{r['p_value']:.3g}")
+        table.add_row(name + (" (incomplete)" if r["incomplete"] else ""), str(r["n"]), f"{r['a']:.3f}", f"{r['b']:.3f}",
+                      f"{r['difference']:+.3f}", str(r["only_a"]), str(r["only_b"]), f"{r['p_value']:.3g}")
     (err if as_json else out).print(table)
+    ids = {"a": a, "b": b}
+    notes = dict.fromkeys(f"{ids[side]}'s {name.split()[0]} stopped short: {gap} items asked"
+                          for name, r in report.items() for side, gap in r["incomplete"].items())
+    for note in notes:
+        err.print(f"[yellow]{note}; the comparison covers only the items both hold[/]", highlight=False)
     if as_json:
         print(json.dumps(report))

@@ -79,7 +79,8 @@ def follow(run, store) -> None:
 
     try:
         with bar:
-            run = runner.follow(run, store, update)
+            run = runner.follow(run, store, update, on_stopping=lambda r: bar.update(
+                task, stats="stopping: finishing the step, then saving a checkpoint"))
     except KeyboardInterrupt:
         raise Stopped(stop_message(runner.info(store, run.id))) from None
     report(run)
@@ -160,8 +161,10 @@ def train_stop(run_id: str, workspace: Path | None = WorkspaceOpt) -> None:
     """Ask a running run to save a checkpoint and stop."""
     from ipo_tui.training import runner
 
-    runner.stop(run_id, open_store(workspace))
-    out.print(f"{run_id}: stopping after the current step")
+    if runner.stop(run_id, open_store(workspace)):
+        out.print(f"{run_id}: stopped (it had done no step since its last checkpoint)")
+    else:
+        out.print(f"{run_id}: stopping after the current step, which it saves first")
 
 
 @train_app.command("defaults")
@@ -279,7 +282,10 @@ def loop(
     stop = stopping.REQUEST  # a stop lost in a finalizer is raised again at the next step
     with says_when_stopped(resume_id, f"continue with `ipo loop --resume {resume_id}`"), bar:
         record = loops.run(store, resume_id, stop.checked(event), stop.checked(progress),
-                           stop.checked(train_progress), **moved)
+                           stop.checked(train_progress), **moved,
+                           # not checked: it speaks during the stop, while the trainer saves
+                           on_stopping=lambda r: bar.update(bar.task_ids[0], description=(
+                               f"stopping: {r.id} finishes its step and saves a checkpoint")))
     show_loop(store, record)
 
 

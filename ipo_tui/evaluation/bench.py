@@ -7,7 +7,9 @@ evaluation/gsm8k.py), and `judge` (the policy's own p'yes accuracy on a labelled
 as the backend allows (`generate_rows` prompts a call). Every item's response and verdict is
 stored in the workspace under the policy (model + adapter) and the generation settings, so a
 benchmark resumes where it stopped, and two policies' results pair up item by item for
-`compare` (exact McNemar on the prompt-level verdicts).
+`compare` (exact McNemar on the prompt-level verdicts). Each item also records how many items its
+run asked for, so that a benchmark stopped early shows as incomplete (`shortfall`) wherever its
+figures are read.
 """
 
 from __future__ import annotations
@@ -53,7 +55,22 @@ def check(limit: int | None, max_tokens: int) -> None:
     if max_tokens < 1:
         raise IpoError(f"--max-tokens {max_tokens}: give at least 1")
     if limit is not None and limit < 1:
-        raise IpoError(f"--limit {limit}: give a number of items (1 or more), or leave it out for all of them")
+        raise IpoError(f"limit {limit}: give a number of items (1 or more), or none for all of them")
+
+
+def plan(tasks: list[str], limit: int | None, pairs: PairFile | None = None) -> str:
+    """What a run will answer, said before it starts: `ifeval 541 items (all), gsm8k 50 items`."""
+    from ipo_tui.evaluation.pairwise import load_pairs
+
+    parts = []
+    for task in tasks:
+        if task == "judge":
+            total, asked = len(load_pairs(pairs.path)), pairs.limit
+        else:
+            total, asked = len(GENERATED[task].items()), limit
+        count = min(asked or total, total)
+        parts.append(f"{task} {count} items" + (" (all)" if count == total else ""))
+    return ", ".join(parts)
 
 
 def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = None, max_tokens: int = MAX_TOKENS,
@@ -61,13 +78,10 @@ def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = Non
     """Benchmark the engine's policy on `tasks` (a fixed sample of `limit` items of each, spread over the
     task); returns the benchmark's id and each task's figures. `judge` (the policy's configured
     Judge) and `pairs` are what the judge task needs."""
-    from ipo_tui.loop.stages import policy_of
-
     check(limit, max_tokens)
     if "judge" in tasks and (judge is None or pairs is None):
         raise IpoError("the judge task needs a labelled pair file: give --pairs FILE (RewardBench format)")
-    policy = policy_of(engine)
-    bench_id = store.bench(policy.model, policy.adapter, settings(engine, max_tokens))
+    bench_id = bench_of(store, engine, max_tokens)
     figures = {}
     for task in tasks:
         if task == "judge":
@@ -76,6 +90,15 @@ def run(store: Store, engine: Backend, tasks: list[str], limit: int | None = Non
             figures[task] = _generated(store, bench_id, engine, task, spread(GENERATED[task].items(), limit),
                                        max_tokens, progress)
     return bench_id, figures
+
+
+def bench_of(store: Store, engine: Backend, max_tokens: int = MAX_TOKENS) -> str:
+    """The id of the benchmark of the engine's policy under these settings, where its answers are
+    stored (made if new)."""
+    from ipo_tui.loop.stages import policy_of
+
+    policy = policy_of(engine)
+    return store.bench(policy.model, policy.adapter, settings(engine, max_tokens))
 
 
 def settings(engine: Backend, max_tokens: int) -> dict:
@@ -96,21 +119,36 @@ def _generated(store: Store, bench_id: str, engine: Backend, task: str, items: l
         texts = engine.generate_many([([{"role": "user", "content": item["prompt"]}], greedy) for item in chunk])
         seconds = (time.perf_counter() - began) / len(chunk)
         store.add_bench_items(bench_id, task, [
-            (item["key"], text, {**GENERATED[task].check(item, text), "tokens": answer_tokens(engine, text)}, seconds)
+            (item["key"], text, {**GENERATED[task].check(item, text), "tokens": answer_tokens(engine, text),
+                                 "asked": len(items)}, seconds)
             for item, [text] in zip(chunk, texts)])
         progress(task, len(items) - len(todo) + start + len(chunk), len(items))
     stored = store.bench_items(bench_id, task)
-    return _generated_figures(task, [stored[item["key"]] for item in items], max_tokens)
+    return _generated_figures(task, [stored[item["key"]] for item in items], max_tokens, len(items))
 
 
-def _generated_figures(task: str, rows: list[dict], max_tokens: int) -> dict:
-    """A generated task's figures over stored rows, with the answers' lengths and the time they took."""
+def _generated_figures(task: str, rows: list[dict], max_tokens: int, asked: int) -> dict:
+    """A generated task's figures over stored rows, with the answers' lengths, the time they took
+    and the number of items asked."""
     figures = GENERATED[task].summarize([r["result"] for r in rows])
     lengths = [r["result"]["tokens"] for r in rows if r["result"].get("tokens") is not None]
     figures["mean_tokens"] = sum(lengths) / len(lengths) if lengths else None
     figures["at_max_tokens"] = sum(n >= max_tokens for n in lengths) / len(lengths) if lengths else None
     figures["seconds"] = round(sum(r["seconds"] for r in rows), 1)
+    figures["asked"] = asked
     return figures
+
+
+def _asked(results: list[dict]) -> int:
+    """The largest sample a run asked of a task (items stored before runs recorded it count as asked)."""
+    return max([r.get("asked", 0) for r in results] + [len(results)])
+
+
+def shortfall(values: dict) -> str | None:
+    """'1 of 541' where a task's stored items fall short of the largest sample a run asked of it
+    (a benchmark stopped before its end), else None."""
+    asked = values.get("asked", values["n"])
+    return f"{values['n']} of {asked}" if values["n"] < asked else None
 
 
 def answer_tokens(engine: Backend, text: str) -> int | None:
@@ -135,16 +173,16 @@ def _judge(store: Store, bench_id: str, judge, pairs: PairFile, progress: Progre
         began = time.perf_counter()
         result = evaluate([row], "ipo", judge)
         verdict = {"correct": bool(result.correct), "category": row["category"] or next(iter(result.by_category)),
-                   "file": path.name}
+                   "file": path.name, "asked": len(chosen)}
         store.add_bench_items(bench_id, "judge", [(prefix + str(i), "", verdict, time.perf_counter() - began)])
         progress("judge", len(chosen) - len(todo) + count, len(chosen))
     stored = store.bench_items(bench_id, "judge")
     rows = [stored[prefix + str(i)] for i, _ in chosen]
-    return {**_summarize_judge([r["result"] for r in rows]), "file": path.name, "judge": judge.id,
+    return {**_summarize_judge([r["result"] for r in rows], len(chosen)), "file": path.name, "judge": judge.id,
             "seconds": round(sum(r["seconds"] for r in rows), 1)}
 
 
-def _summarize_judge(results: list[dict]) -> dict:
+def _summarize_judge(results: list[dict], asked: int) -> dict:
     right = sum(r["correct"] for r in results)
     by_category: dict[str, list[int]] = {}
     for r in results:
@@ -152,7 +190,7 @@ def _summarize_judge(results: list[dict]) -> dict:
         counts[0] += r["correct"]
         counts[1] += 1
     return {"accuracy": right / len(results), "n": len(results), "interval95": {"accuracy": wilson(right, len(results))},
-            "by_category": {k: c / t for k, (c, t) in sorted(by_category.items())}}
+            "by_category": {k: c / t for k, (c, t) in sorted(by_category.items())}, "asked": asked}
 
 
 PASSED = {"ifeval": ifeval.passed, "gsm8k": gsm8k.passed, "judge": lambda result, level="": result["correct"]}
@@ -166,21 +204,26 @@ def figure_rows(figures: dict) -> list[tuple[str, str, float, float, float, int]
 
 
 def stored_figures(store: Store, bench_id: str) -> dict:
-    """Each task's figures over every item stored for a benchmark (what `ipo bench list` shows)."""
+    """Each task's figures over every item stored for a benchmark (what `ipo bench list` shows),
+    `asked` the largest sample a run asked of it."""
     max_tokens = json.loads(store.bench_row(bench_id)["settings"])["max_tokens"]
     figures = {}
     for task in TASKS:
         rows = list(store.bench_items(bench_id, task).values())
         if rows:
-            figures[task] = _generated_figures(task, rows, max_tokens) if task in GENERATED else \
-                _summarize_judge([r["result"] for r in rows])
+            asked = _asked([r["result"] for r in rows])
+            figures[task] = _generated_figures(task, rows, max_tokens, asked) if task in GENERATED else \
+                _summarize_judge([r["result"] for r in rows], asked)
     return figures
 
 
 def compare(store: Store, a: str, b: str) -> dict:
     """Task by task, on the items both benchmarks hold: each side's figure, the difference (B - A),
-    and the exact McNemar p-value of the prompt-level verdicts (strict and loose for IFEval)."""
+    the exact McNemar p-value of the prompt-level verdicts (strict and loose for IFEval), and
+    `incomplete`: the side ("a", "b") whose benchmark of the task stopped short, with its `shortfall`."""
     store.bench_row(a), store.bench_row(b)  # an unknown id fails before anything else
+    gaps = {side: {task: shortfall(values) for task, values in stored_figures(store, bench).items()}
+            for side, bench in (("a", a), ("b", b))}
     report = {}
     for task in TASKS:
         left, right = store.bench_items(a, task), store.bench_items(b, task)
@@ -195,7 +238,8 @@ def compare(store: Store, a: str, b: str) -> dict:
             name = f"{task} prompt {level}" if level else task
             report[name] = {"n": len(common), "a": sum(pa) / len(common), "b": sum(pb) / len(common),
                             "difference": (sum(pb) - sum(pa)) / len(common), "only_a": only_a, "only_b": only_b,
-                            "p_value": mcnemar(only_a, only_b)}
+                            "p_value": mcnemar(only_a, only_b),
+                            "incomplete": {side: gap[task] for side, gap in gaps.items() if gap.get(task)}}
     if not report:
         raise IpoError(f"{a} and {b} share no benchmark items; run the same --tasks on both policies first")
     return report

@@ -19,6 +19,11 @@ pair file (the judge task). Each iteration also records what DPO drifts on: the 
 the policy's samples, the chosen and rejected log-probabilities through training, and whether
 the reward accuracy saturated early.
 
+A running loop says what it does in its folder, for whoever follows it from elsewhere (the app,
+`ipo runs`): progress.json (iteration, stage, the stage's count, the train run) and loop.log (its
+events). `launch` runs a loop in a process of its own (`python -m ipo_tui.loop.iterations`), as
+the app does, so that it goes on when the app closes.
+
 With the server backend, sampling and judging go through an OpenAI-compatible server and training
 stays here, on `model` (the local copy of the weights the server serves). A trained adapter is
 handed to the server (`server_handoff.hand_off`): vLLM loads it at runtime; for other servers the loop
@@ -28,12 +33,15 @@ writes what to serve, stops in status `waiting`, and goes on when resumed once i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from ipo_tui import backends
+from ipo_tui import backends, stopping
 from ipo_tui.backends import weights
 from ipo_tui.backends.base import Sampling
 from ipo_tui.errors import IpoError
@@ -45,6 +53,56 @@ from ipo_tui.workspace import locks
 from ipo_tui.workspace.store import LOOP_STATUSES, Store
 
 Events = Callable[[str], None]
+
+
+class Reports:
+    """Where a running loop says what it does: the caller's callbacks (`event`: a line; `progress`:
+    a stage's done and total; `train`: the trainer's progress and new metrics; `stopping`: the train
+    run a stop waits for), and the loop folder's progress.json and loop.log for whoever follows the
+    loop from another process."""
+
+    def __init__(self, folder: Path, iterations: int, on_event: Events, on_progress, on_train, on_stopping) -> None:
+        self.folder, self.iterations = folder, iterations
+        self.on_event, self.on_progress, self.on_train, self.on_stopping = on_event, on_progress, on_train, on_stopping
+        self.state: dict = {"iterations": iterations}
+
+    def stage(self, iteration: int, name: str) -> None:
+        last_training = {key: self.state[key] for key in ("train_run", "train_folder") if key in self.state}
+        self.state = {"iterations": self.iterations, "iteration": iteration, "stage": name, **last_training}
+        self._write()
+        self.event(f"iteration {iteration}: {name}")
+
+    def event(self, message: str) -> None:
+        self.log(message)
+        self.on_event(message)
+
+    def log(self, message: str) -> None:
+        """A line in loop.log only (where the caller's callbacks may raise: after a stop)."""
+        with open(self.folder / "loop.log", "a") as log:
+            log.write(message + "\n")
+
+    def progress(self, done: int, total: int) -> None:
+        self._update(done=done, total=total)
+        self.on_progress(done, total)
+
+    def train(self, run: runner.RunInfo, progress: dict, metrics: list[dict]) -> None:
+        self._update(done=progress.get("step", 0), total=progress.get("max_steps"), train_run=run.id,
+                     train_folder=str(run.folder))
+        self.on_train(progress, metrics)
+
+    def stopping(self, run: runner.RunInfo) -> None:
+        self.log(f"stopping: {run.id} saves a checkpoint first")
+        self.on_stopping(run)
+
+    def _update(self, **values) -> None:
+        if any(self.state.get(key) != value for key, value in values.items()):
+            self.state.update(values)
+            self._write()
+
+    def _write(self) -> None:
+        staged = self.folder / "progress.tmp"
+        staged.write_text(json.dumps(self.state))
+        staged.replace(self.folder / "progress.json")  # a reader never sees half of it
 
 
 def start(store: Store, prompts: str, iterations: int, n: int, backend: str, model: str | None,
@@ -69,9 +127,7 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
         raise IpoError(f"prompt set {prompts!r} has {len(rows)} prompt(s); a loop needs at least 2")
     settings = train_settings.load(config_file, overrides)
     ref = weights.resolve(model)
-    backend = backend if backend != "auto" else ("llamacpp" if ref.kind == "gguf" else "hf")
-    if backend not in backends.NAMES:
-        raise IpoError(f"unknown backend {backend!r}: choose one of {', '.join(backends.NAMES)}")
+    backend = backends.choose(backend, ref)
     if backend == "server":
         server = {"base_url": "", "concurrency": 4, "served_model": None, **(server or {})}
         with server_handoff.connect(server, server.pop("served_model")) as engine:  # is it there, and what does it serve?
@@ -90,19 +146,60 @@ def start(store: Store, prompts: str, iterations: int, n: int, backend: str, mod
 
 
 def run(store: Store, loop_id: str, on_event: Events = print, on_progress=lambda done, total: None,
-        on_train=lambda progress, metrics: None, base_url: str | None = None, served_model: str | None = None) -> dict:
+        on_train=lambda progress, metrics: None, base_url: str | None = None, served_model: str | None = None,
+        on_stopping=lambda run: None) -> dict:
     """Run (or continue) a loop to its last iteration; returns its record. With the server backend,
     `base_url` moves the loop to another address and `served_model` names the model that serves
-    the policy the loop needs next. One process at a time runs a loop: a second is refused."""
+    the policy the loop needs next. One process at a time runs a loop: a second is refused.
+    `on_stopping` hears of a stop that waits for the trainer's checkpoint (the run)."""
+    loop = _loop(store, loop_id)
+    with locks.held(locks.run_lock(loop.folder), loop_id):
+        reports = Reports(loop.folder, loop.config["iterations"], on_event, on_progress, on_train, on_stopping)
+        return _continue(store, loop, reports, base_url, served_model)
+
+
+def _loop(store: Store, loop_id: str) -> runner.RunInfo:
     loop = runner.info(store, loop_id)
     if loop.kind != "loop":
         raise IpoError(f"{loop_id} is a {loop.kind} run, not a loop")
-    with locks.held(locks.run_lock(loop.folder), loop_id):
-        return _continue(store, loop, on_event, on_progress, on_train, base_url, served_model)
+    return loop
 
 
-def _continue(store: Store, loop: runner.RunInfo, on_event: Events, on_progress, on_train, base_url: str | None,
-              served_model: str | None) -> dict:
+def launch(store: Store, loop_id: str) -> runner.RunInfo:
+    """Start (or resume) a loop in a process of its own and return at once; it goes on when this
+    process ends. runner.stop stops it as Ctrl-C does, and launching it again resumes it."""
+    loop = _loop(store, loop_id)
+    if loop.status in ("running", "completed"):
+        raise IpoError(f"{loop_id} is {loop.status}; only a stopped, waiting or new loop starts")
+    (loop.folder / "error.txt").unlink(missing_ok=True)
+    return runner.spawn(loop, store, ["-m", "ipo_tui.loop.iterations", str(store.path.resolve()), loop_id], "loop.log",
+                        stopping.owned_env(False))
+
+
+def main(argv: list[str]) -> int:
+    """A loop `launch` started: `python -m ipo_tui.loop.iterations WORKSPACE LOOP_ID`, holding the
+    loop's lock from there. Its events and any traceback go to loop.log; a failure also to error.txt."""
+    stop = stopping.REQUEST.install()  # runner.stop sends what Ctrl-C sends
+    store = Store(Path(argv[0]))
+    loop = _loop(store, argv[1])
+    reports = Reports(loop.folder, loop.config["iterations"], stop.checked(lambda message: None),
+                      stop.checked(lambda done, total: None), stop.checked(lambda progress, metrics: None),
+                      lambda run: None)
+    try:
+        _continue(store, loop, reports, None, None)
+    except KeyboardInterrupt:
+        reports.log(f"{loop.id} stopped; resuming it continues where it stopped")
+        return stop.exit_status
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded with the loop
+        traceback.print_exc()
+        (loop.folder / "error.txt").write_text(f"{exc if isinstance(exc, IpoError) else f'{type(exc).__name__}: {exc}'}\n")
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def _continue(store: Store, loop: runner.RunInfo, reports: Reports, base_url: str | None, served_model: str | None) -> dict:
     loop_id, spec = loop.id, loop.config
     if 0 < len(spec["done"]) < spec["iterations"] and not runner.info(store, spec["done"][-1]["train_run"]).adapter:
         k = len(spec["done"])
@@ -118,7 +215,7 @@ def _continue(store: Store, loop: runner.RunInfo, on_event: Events, on_progress,
     store.set_run(loop_id, "running", config=spec)
     try:
         for k in range(len(spec["done"]), spec["iterations"]):
-            record = _iteration(store, loop_id, spec, k, on_event, on_progress, on_train)
+            record = _iteration(store, loop_id, spec, k, reports)
             spec["done"].append(record)
             spec["trained"] = None
             store.set_run(loop_id, config=spec)
@@ -132,7 +229,7 @@ def _continue(store: Store, loop: runner.RunInfo, on_event: Events, on_progress,
     return spec
 
 
-def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events, on_progress, on_train) -> dict:
+def _iteration(store: Store, loop_id: str, spec: dict, k: int, reports: Reports) -> dict:
     prompts = store.prompts(spec["prompts"], spec["limit"])
     cut = len(prompts) - spec["held_out"]
     train_prompts, held_out = prompts[:cut], prompts[cut:]
@@ -141,7 +238,7 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
     times: dict[str, float] = {}
 
     def stage(name: str, fn):
-        on_event(f"iteration {k + 1}: {name}")
+        reports.stage(k + 1, name)
         start = time.perf_counter()
         result = fn()
         times[name] = round(time.perf_counter() - start, 1)
@@ -150,22 +247,21 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
     trained = spec.get("trained")  # set once adapter k+1 is trained: a resume goes on from there
     lost = trained if trained and not runner.info(store, trained["train_run"]).adapter else None
     if lost:  # the workspace moved without its run folders; nothing was made with adapter k+1 yet
-        on_event(f"iteration {k + 1}: adapter {lost['adapter']} is gone; training it again on the same pairs")
+        reports.event(f"iteration {k + 1}: adapter {lost['adapter']} is gone; training it again on the same pairs")
         trained = None
     if not trained:
-        trained = _sample_pair_train(store, loop_id, spec, k, prompts, train_prompts, sampling, stage, times,
-                                     on_event, on_progress, on_train)
+        trained = _sample_pair_train(store, loop_id, spec, k, prompts, train_prompts, sampling, stage, times, reports)
     if lost:  # the stages that found their work stored keep the times they took
         trained["seconds"] = {**lost["seconds"], "train again": trained["seconds"]["train"]}
         store.set_run(loop_id, config=spec)
         if lost.get("adapter_sha256"):
             same = trained["adapter_sha256"] == lost["adapter_sha256"]
-            on_event(f"iteration {k + 1}: trained again, {'the same weights' if same else 'different weights'} "
-                     f"(sha256 {trained['adapter_sha256'][:12]}, before {lost['adapter_sha256'][:12]})")
+            reports.event(f"iteration {k + 1}: trained again, {'the same weights' if same else 'different weights'} "
+                          f"(sha256 {trained['adapter_sha256'][:12]}, before {lost['adapter_sha256'][:12]})")
     times = trained["seconds"]
     if spec.get("server"):
         stage("hand off", lambda: server_handoff.hand_off(spec["server"], k + 1, runner.info(store, trained["train_run"]),
-                                                   weights.resolve(spec["model"] or None), on_event))
+                                                   weights.resolve(spec["model"] or None), reports.event))
         store.set_run(loop_id, config=spec)  # the name that serves policy k+1
 
     engine = stage("load trained", lambda: _load(spec, k + 1, trained["adapter"]))
@@ -173,18 +269,18 @@ def _iteration(store: Store, loop_id: str, spec: dict, k: int, on_event: Events,
         previous = stages.Policy(*trained["policy"])
         new = stages.policy_of(engine)
         evaluation = stage("evaluate", lambda: _evaluate(store, engine, previous, trained.get("judge", previous.judge_id),
-                                                         new, held_out, spec, sampling, on_progress))
-        bench = stage("benchmark", lambda: _bench(store, engine, spec, on_progress)) if spec.get("bench") else None
+                                                         new, held_out, spec, sampling, reports.progress))
+        bench = stage("benchmark", lambda: _bench(store, engine, spec, reports.progress)) if spec.get("bench") else None
     finally:
         engine.close()
-    on_event(f"iteration {k + 1}: done")
+    reports.stage(k + 1, "done")
     return {"iteration": k + 1, "policy": previous.judge_id, "pairs_by": spec.get("pairs_by", "ipo"),
             "adapter": trained["adapter"], "train_run": trained["train_run"], "pairs": trained["pairs"],
             "seconds": times, "eval": evaluation, "bench": bench, "drift": trained.get("drift")}
 
 
 def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, train_prompts, sampling: Sampling,
-                       stage, times: dict, on_event: Events, on_progress, on_train) -> dict:
+                       stage, times: dict, reports: Reports) -> dict:
     """Policy k samples (and, for the p'yes and self-reward arms, judges), the loop's pairer picks
     the pairs, adapter k+1 is trained on those of the training prompts; returns the `trained` record."""
     pairs_by = spec.get("pairs_by", "ipo")
@@ -194,16 +290,16 @@ def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, 
     pairer = controls.pairer_id(pairs_by, policy, sampling.seed)
     try:
         if spec.get("bench") and spec.get("bench0") is None:  # policy 0, once, before it changes
-            spec["bench0"] = stage("benchmark policy 0", lambda: _bench(store, engine, spec, on_progress))
+            spec["bench0"] = stage("benchmark policy 0", lambda: _bench(store, engine, spec, reports.progress))
             store.set_run(loop_id, config=spec)
-        stage("generate", lambda: stages.generate(store, engine, policy, prompts, spec["n"], sampling, on_progress))
+        stage("generate", lambda: stages.generate(store, engine, policy, prompts, spec["n"], sampling, reports.progress))
         sample_tokens = _mean_tokens(store, engine, policy, train_prompts)
         if pairs_by == "ipo":
             judge = configured_judge(engine, spec.get("judge_flags"))
             pairer = judge.id
-            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress))
+            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=reports.progress))
         elif pairs_by == "self-reward":
-            stage("judge", lambda: controls.rate(store, engine, pairer, policy, prompts, on_progress))
+            stage("judge", lambda: controls.rate(store, engine, pairer, policy, prompts, reports.progress))
     finally:
         engine.close()
     if pairs_by.startswith("judge:"):
@@ -213,7 +309,7 @@ def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, 
             # the same judge every iteration: recorded per policy it judged, so that one iteration's
             # pairs never replace another's (a pair is kept per prompt and judge)
             pairer = f"{judge.id}@{policy.judge_id}"
-            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=on_progress, as_judge=pairer))
+            stage("judge", lambda: stages.judge(store, judge, policy, prompts, progress=reports.progress, as_judge=pairer))
         finally:
             external.close()
     if pairs_by in controls.RULES:
@@ -227,8 +323,8 @@ def _sample_pair_train(store: Store, loop_id: str, spec: dict, k: int, prompts, 
     if not pairs:
         raise IpoError(f"iteration {k + 1}: no pairs to train on by {pairs_by} ({report.too_close} too close, "
                        f"{report.too_few} with fewer than two judged candidates); lower --min-margin or raise -n")
-    on_event(f"iteration {k + 1}: {len(pairs)} pairs by {pairs_by} ({report.too_close} too close)")
-    train_run = stage("train", lambda: _train(store, loop_id, spec, k, pairs, adapter, on_train))
+    reports.event(f"iteration {k + 1}: {len(pairs)} pairs by {pairs_by} ({report.too_close} too close)")
+    train_run = stage("train", lambda: _train(store, loop_id, spec, k, pairs, adapter, reports))
     trained = {"policy": [policy.model, policy.adapter], "judge": pairer, "adapter": str(train_run.adapter),
                "adapter_sha256": train_run.adapter_digest(), "train_run": train_run.id, "pairs": len(pairs), "seconds": times,
                "drift": {"sample_tokens": sample_tokens, **training_drift(runner.read_metrics(train_run.folder))}}
@@ -248,18 +344,17 @@ def _load(spec: dict, k: int, adapter: str):
 def _load_judge(spec: dict, model: str):
     """The external judge of a judge:MODEL arm, on the loop's backend where it can load the model."""
     ref = weights.resolve(model)
-    backend = spec["backend"] if spec["backend"] != "server" else "auto"
-    if backend == "auto" or (backend == "llamacpp" and ref.kind != "gguf"):
-        backend = "llamacpp" if ref.kind == "gguf" else "hf"
+    backend = "hf" if spec["backend"] == "hf" else backends.choose("auto", ref)
     return backends.load(backend, ref, threads=spec["threads"])
 
 
 def _bench_spec(bench: dict | None, eval_file: str | None, eval_limit: int) -> dict | None:
     """What every policy of the loop is benchmarked on (checked now): the tasks asked, and the
     judge task on `eval_file` whenever one is given."""
-    from ipo_tui.evaluation.bench import MAX_TOKENS, parse_tasks
+    from ipo_tui.evaluation.bench import MAX_TOKENS, check, parse_tasks
 
     bench = dict(bench or {})
+    check(bench.get("limit"), bench.get("max_tokens") or MAX_TOKENS)
     tasks = parse_tasks(",".join(bench["tasks"]), "--bench") if bench.get("tasks") else []
     if "judge" in tasks and not eval_file:
         raise IpoError("--bench judge measures the policy as a judge on a labelled pair file: give --eval-file FILE")
@@ -321,7 +416,7 @@ def training_drift(metrics: list[dict]) -> dict:
     return drift
 
 
-def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter: str, on_train):
+def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter: str, reports: Reports):
     run_id = f"{loop_id}-iter{k + 1}"
     try:
         train_run = runner.info(store, run_id)
@@ -338,7 +433,9 @@ def _train(store: Store, loop_id: str, spec: dict, k: int, pairs: list, adapter:
         train_run = runner.prepare("dpo", rows, spec["model"] or None, store, spec["settings"],
                                    init_adapter=adapter or None, run_id=run_id)
     if train_run.status != "completed":
-        train_run = runner.follow(runner.launch(train_run, store, owned=True), store, on_train)
+        train_run = runner.launch(train_run, store, owned=True)
+        train_run = runner.follow(train_run, store, lambda progress, metrics: reports.train(train_run, progress, metrics),
+                                  on_stopping=reports.stopping)
         if train_run.status != "completed":
             raise IpoError(f"iteration {k + 1}: training {train_run.status}; `ipo loop --resume {loop_id}` continues")
     return train_run
@@ -395,3 +492,7 @@ def benchmarks(store: Store, record: dict) -> list[dict]:
                 change = compare(store, base["id"], b["id"])
         rows.append({"policy": k, "bench": b["id"], "figures": figures, "change": change})
     return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -39,6 +39,9 @@ from ipo_tui.workspace.records import (
 from ipo_tui.workspace.store import PAIR_STATUSES, Store
 
 KINDS = ("dpo", "sft")
+# what `prepare` writes before it records the run: a folder holding nothing else is one whose prepare
+# was stopped (a loop's Ctrl-C at the start of its train stage), and the next prepare of that id reuses it
+PREPARED = {"data.jsonl", "config.yaml", "accelerate.yaml"}
 LAUNCHERS = ("local", "accelerate")
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 # processes this one started, reaped when they end; by run folder, since run ids repeat across workspaces
@@ -88,7 +91,7 @@ def prepare(kind: str, data: str | list[dict], model: str | None, store: Store, 
         rows = [_plain_text(row) for row in rows]  # a base model: the same rendering its generation used
     run_id = run_id or _new_id(store, kind)
     folder = store.path.parent / "runs" / run_id
-    if folder.exists() and any(folder.iterdir()):
+    if folder.exists() and {path.name for path in folder.iterdir()} - PREPARED:
         raise IpoError(f"{folder} exists already; choose another run id")
     folder.mkdir(parents=True, exist_ok=True)
     write_records(folder / "data.jsonl", rows)
@@ -120,23 +123,30 @@ def launch(run: RunInfo, store: Store, owned: bool = False) -> RunInfo:
     """Start (or restart) the trainer on a prepared run; returns at once. An `owned` run belongs to
     this process (a foreground command): it stops when this process is gone, even by `kill -9`;
     otherwise it runs on when the app or the terminal closes."""
-    store.check_writable()
-    lock = locks.acquire(locks.run_lock(run.folder), f"run {run.id}")  # taken here, held by the trainer for its life
-    # its own session: a terminal's Ctrl-C reaches only `ipo`, whose `follow` stops the run cleanly
     entry = ["-m", "ipo_tui.training.trainer", str(run.folder)]
     if (run.folder / "accelerate.yaml").exists():  # several processes: the same entry under `accelerate launch`
         entry = ["-m", "accelerate.commands.launch", "--config_file", str(run.folder / "accelerate.yaml"), *entry]
+    (run.folder / "error.txt").unlink(missing_ok=True)
+    return spawn(run, store, entry, "train.log", trainer_env(owned))
+
+
+def spawn(run: RunInfo, store: Store, args: list[str], log: str, env: dict[str, str]) -> RunInfo:
+    """Start `python ARGS`, the process that does a run (a trainer, a loop), and record the run
+    running; returns at once. The process holds the run's lock for its life (taken here, so a second
+    start is refused at once) and appends its output to `log` in the run folder."""
+    store.check_writable()
+    lock = locks.acquire(locks.run_lock(run.folder), f"run {run.id}")
     try:
-        with open(run.folder / "train.log", "a") as log:  # the child keeps its own copy of the handle
-            child = subprocess.Popen([sys.executable, *entry], stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=trainer_env(owned), pass_fds=(lock,))
+        # its own session: a terminal's Ctrl-C reaches only `ipo`, whose `follow` stops the run cleanly
+        with open(run.folder / log, "a") as out:  # the child keeps its own copy of the handle
+            child = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env, pass_fds=(lock,))
     except BaseException:
         os.close(lock)
         raise
     locks.hand_over(lock, child.pid)
     _children[run.folder.resolve()] = child
     (run.folder / "pid").write_text(str(child.pid))
-    (run.folder / "error.txt").unlink(missing_ok=True)
     store.set_run(run.id, "running")
     return info(store, run.id)
 
@@ -178,9 +188,11 @@ def start(kind: str, pairs: str, model: str | None, overrides: dict, store: Stor
     return launch(prepare(kind, pairs, model, store, overrides, **options), store)
 
 
-def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: None, poll: float = 0.5) -> RunInfo:
+def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: None, poll: float = 0.5,
+           on_stopping=lambda run: None) -> RunInfo:
     """Wait for a run's process, reporting progress. Ctrl-C (or SIGTERM, through `ipo_tui.stopping`)
-    asks the trainer to stop cleanly, waits for its checkpoint, and is raised again."""
+    asks the trainer to stop cleanly, says so through `on_stopping` (the run), waits for its
+    checkpoint, and is raised again."""
     seen = 0
     try:
         while _alive(run):
@@ -190,7 +202,8 @@ def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: Non
             time.sleep(poll)
     except KeyboardInterrupt:
         with contextlib.suppress(IpoError):  # it ended meanwhile: nothing to stop
-            stop(run.id, store)
+            if not stop(run.id, store):
+                on_stopping(run)
         while _alive(run):
             time.sleep(poll)
         raise
@@ -198,16 +211,60 @@ def follow(run: RunInfo, store: Store, on_progress=lambda progress, metrics: Non
     return info(store, run.id)
 
 
-def stop(run_id: str, store: Store) -> None:
-    """Ask a running trainer to save a checkpoint and stop (a loop: to stop as Ctrl-C does, after
-    its trainer has saved one)."""
+def stop(run_id: str, store: Store) -> bool:
+    """Ask a running trainer to save a checkpoint at the end of the step in flight and stop (a loop:
+    to stop as Ctrl-C does, after its trainer has saved one); returns True where the run was ended
+    at once instead, having nothing to save."""
     run = info(store, run_id)
     if run.status != "running":
         raise IpoError(f"run {run_id} is {run.status}, not running")
+    pid = _pid(run)
+    if not pid:  # a running run has one; signalling 0 would reach this process's own group
+        raise IpoError(f"run {run_id} has no process id in {run.folder / 'pid'}")
     if run.kind == "loop":
-        os.kill(_pid(run), signal.SIGINT)
-        return
-    os.killpg(_pid(run), signal.SIGTERM)  # its own process group: every process of an accelerate launch
+        os.kill(pid, signal.SIGINT)
+        return False
+    if unsaved_steps(run):
+        os.killpg(pid, signal.SIGTERM)  # its own process group: every process of an accelerate launch
+        return False
+    # a trainer that has finished no step since its last checkpoint (loading its model, or in its first
+    # step) loses nothing by ending now, which spares waiting for the load and a whole step to save
+    # what is saved already (a minute for the embedded model on two cores)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(run) and time.monotonic() < deadline:  # the lock goes with the process: a resume may follow
+        time.sleep(0.05)
+    store.set_run(run.id, "stopped")
+    return True
+
+
+def unsaved_steps(run: RunInfo) -> int:
+    """Steps the run's trainer has finished since its last checkpoint: what a stop must save. Its
+    progress file from before this launch (the step it had reached) counts for nothing."""
+    state = run.folder / "progress.json"
+    with contextlib.suppress(FileNotFoundError):
+        if state.stat().st_mtime >= (run.folder / "pid").stat().st_mtime:
+            return max(0, progress(run.folder).get("step", 0) - last_checkpoint_step(run))
+    return 0
+
+
+def seconds_per_step(metrics: list[dict]) -> float | None:
+    """The mean time of the logged steps (None before two of them)."""
+    if len(metrics) < 2 or metrics[-1]["step"] == metrics[0]["step"]:
+        return None
+    return (metrics[-1]["elapsed_s"] - metrics[0]["elapsed_s"]) / (metrics[-1]["step"] - metrics[0]["step"])
+
+
+def step_remaining(folder: Path) -> float | None:
+    """Seconds the step in flight of the run in `folder` still needs, from the mean step time and
+    when the last step ended (None before two steps are logged): how long a stop waits before its
+    checkpoint."""
+    per_step = seconds_per_step(read_metrics(folder))
+    with contextlib.suppress(FileNotFoundError):
+        if per_step is not None:
+            return max(0.0, per_step - (time.time() - (folder / "progress.json").stat().st_mtime))
+    return None
 
 
 def resume(run_id: str, store: Store, owned: bool = False) -> RunInfo:
@@ -243,8 +300,8 @@ def read_metrics(folder: Path) -> list[dict]:
     return read_jsonl(folder / "metrics.jsonl")
 
 
-def log_tail(folder: Path, lines: int = 20) -> list[str]:
-    path = folder / "train.log"
+def log_tail(folder: Path, lines: int = 20, name: str = "train.log") -> list[str]:
+    path = folder / name
     if not path.exists():
         return []
     with path.open("rb") as fh:

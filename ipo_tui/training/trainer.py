@@ -122,6 +122,8 @@ def build_trainer(folder: Path, spec: dict, callbacks=()):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     verbosity.quiet_transformers()
+    verbosity.quiet_datasets()  # its tokenizing and filtering bars filled the app's log panel
+    verbosity.quiet_library_warnings()
 
     s = spec["settings"]
     cuda = torch.cuda.is_available()

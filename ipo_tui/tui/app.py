@@ -36,7 +36,7 @@ from ipo_tui import backends, stopping
 from ipo_tui.errors import IpoError
 from ipo_tui.tui.screens.base import one_line
 from ipo_tui.tui.screens.evaluation import EvalScreen
-from ipo_tui.tui.screens.help import HelpScreen
+from ipo_tui.tui.screens.help import GLOBAL, HelpScreen
 from ipo_tui.tui.screens.lab import LabScreen
 from ipo_tui.tui.screens.model import ModelScreen
 from ipo_tui.tui.screens.pairs import PairsScreen
@@ -329,6 +329,13 @@ class IpoApp(App):
     def _stopped_by(self, signum: int) -> None:
         stopping.REQUEST.record(signum)
         self.exit()
+
+
+def keys_markdown() -> str:
+    """Every screen's keys as F1 shows them, for docs/app.md (a test keeps the two the same)."""
+    screens = "".join(f"\n## {title} (F{number})\n\n{IpoApp.MODES[mode].HELP}"
+                      for number, (mode, title) in enumerate(SCREEN_TITLES.items(), start=2))
+    return GLOBAL + screens
 
 
 def report_crash(error: BaseException) -> tuple[str, bool]:

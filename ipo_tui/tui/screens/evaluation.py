@@ -4,6 +4,8 @@ loaded policy's objective benchmark (IFEval, GSM8K: `ipo bench`), stored in the 
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -41,9 +43,9 @@ class BenchProgress(Message):
 
 
 class BenchResult(Message):
-    def __init__(self, bench_id: str, figures: dict) -> None:
+    def __init__(self, bench_id: str, figures: dict, stopped: bool = False) -> None:
         super().__init__()
-        self.bench_id, self.figures = bench_id, figures
+        self.bench_id, self.figures, self.stopped = bench_id, figures, stopped
 
 
 class EvalDone(Message):
@@ -72,6 +74,29 @@ class Locked:
                 return value(*args, **kwargs)
 
         return locked
+
+
+def format_seconds(seconds) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def parse_limit(text: str) -> int | None:
+    """A limit as typed: a number of items (1 or more), or `all` (or nothing) for every item."""
+    text = text.strip().lower()
+    if text in ("", "all"):
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise IpoError(f"limit {text!r}: give a number of items (1 or more), or all")
+    return int(text)
 
 
 def default_eval_file() -> str:
@@ -114,37 +139,42 @@ class EvalScreen(ModeScreen):
 
 The file holds RewardBench-format pairs (`prompt`, `chosen`, `rejected`, `subset`, optional
 `category`), JSONL, JSON, CSV or Parquet. *limit* takes a fixed sample spread over the file
-(0: all of it). A pair counts as right when the chosen answer scores strictly higher: ties are
+(`all`: every pair). A pair counts as right when the chosen answer scores strictly higher: ties are
 wrong. The self-reward judge makes the model write a 0–5 rating (slow: it generates), and
 a rating it cannot parse counts as wrong. Choosing *both* shows them side by side.
 
 The benchmark answers each task's prompts greedily (at most 512 tokens) and checks them by
 program: IFEval's instruction checkers, GSM8K's final number. Its *limit* takes a fixed sample
-(0: all 541 IFEval prompts, about half an hour for the embedded model on two cores). Answers are
-stored in the workspace as they come, so a stopped benchmark resumes, and `ipo bench compare`
-pairs two policies' answers.
+(`all`: all 541 IFEval prompts, about half an hour for the embedded model on two cores); the
+status line says how many items before it starts, the progress line the time left as answers
+come. Answers are stored in the workspace as they come, so a stopped benchmark resumes (its
+table says how many of the items asked it has: `3/541`), and `ipo bench compare` pairs two
+policies' answers.
 """
 
     def __init__(self) -> None:
         super().__init__()
         self.results: dict = {}  # judge name -> EvalResult of the last run
         self.running = False
+        self.bench_clock: tuple[str, float, int] | None = None  # (task, when, done) at a task's first progress
+        self.stopped_note = ""  # what a stopped benchmark kept
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="eval-form", classes="row"):
             yield Label("file", classes="inline-label")
             yield Input(self._initial_file(), placeholder="a RewardBench-format JSONL of pairs (prompt, chosen, rejected, subset), e.g. rewardbench-dev.jsonl",
-                        id="eval-file")
+                        id="eval-file", compact=True)
             yield Label("limit", classes="inline-label")
-            yield Input("50", id="eval-limit", type="integer", max_length=6)
+            yield Input("50", id="eval-limit", max_length=6, compact=True)
             yield Label("judge", classes="inline-label")
-            yield Select([(k, k) for k in JUDGE_CHOICES], value="ipo", allow_blank=False, id="eval-judge")
+            yield Select([(k, k) for k in JUDGE_CHOICES], value="ipo", allow_blank=False, id="eval-judge", compact=True)
         with Horizontal(id="bench-form", classes="row"):
             yield Label("benchmark", classes="inline-label")
-            yield Select([(k, k) for k in BENCH_CHOICES], value="ifeval", allow_blank=False, id="bench-tasks")
+            yield Select([(k, k) for k in BENCH_CHOICES], value="ifeval", allow_blank=False, id="bench-tasks",
+                         compact=True)
             yield Label("limit", classes="inline-label")
-            yield Input("0", id="bench-limit", type="integer", max_length=6)
-            yield Label("ctrl+b runs it on the loaded policy", classes="inline-label")
+            yield Input("50", id="bench-limit", max_length=6, compact=True)
+            yield Label("ctrl+b runs it", classes="inline-label")
         yield Label("", id="eval-judge-line")
         with Horizontal(id="eval-progress-row", classes="row"):
             yield Label("", id="eval-progress-label")
@@ -196,20 +226,21 @@ pairs two policies' answers.
             self.error("give a RewardBench-format file of pairs", "evaluation")
             return
         try:
-            limit = int(self.query_one("#eval-limit", Input).value or 0)
-        except ValueError:
-            limit = 0
+            limit = parse_limit(self.query_one("#eval-limit", Input).value)
+        except IpoError as exc:
+            self.error(str(exc), "evaluation")
+            return
         judges = JUDGE_CHOICES[self.query_one("#eval-judge", Select).value]
         if self.app.eval_file is None:  # the app was not given a file: the next start offers this one
             remember_eval_file(source)
-        self.results = {}
+        self.results, self.stopped_note = {}, ""
         self._fill_table()
         self._draw()
         self.running = True
         self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#eval-progress-label", Label).update("reading the file…")
         self.set_status("evaluating…")
-        self.eval_worker(source, limit or None, judges)
+        self.eval_worker(source, limit, judges)
 
     def action_cancel(self) -> None:
         if self.running:
@@ -223,16 +254,20 @@ pairs two policies' answers.
         if self.app.engine is None:
             self.error("load a model first (F2)", "benchmark")
             return
+        from ipo_tui.evaluation.bench import plan
+
+        tasks = BENCH_CHOICES[self.query_one("#bench-tasks", Select).value]
         try:
-            limit = int(self.query_one("#bench-limit", Input).value or 0)
-        except ValueError:
-            limit = 0
-        self.running = True
+            limit = parse_limit(self.query_one("#bench-limit", Input).value)
+        except IpoError as exc:
+            self.error(str(exc), "benchmark")
+            return
+        self.running, self.bench_clock, self.stopped_note = True, None, ""
         self.query_one("#bench-table", DataTable).clear()
         self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#eval-progress-label", Label).update("starting the benchmark…")
-        self.set_status("benchmarking the loaded policy…")
-        self.bench_worker(BENCH_CHOICES[self.query_one("#bench-tasks", Select).value], limit or None, self.app.store.path)
+        self.set_status(f"benchmarking: {plan(tasks, limit)}; ctrl+t stops, answers are kept")
+        self.bench_worker(tasks, limit, self.app.store.path)
 
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
     def bench_worker(self, tasks: list[str], limit: int | None, workspace) -> None:
@@ -242,15 +277,19 @@ pairs two policies' answers.
         worker = get_current_worker()
 
         def progress(task: str, done: int, total: int) -> None:
+            self.post_message(BenchProgress(task, done, total))  # the answers stored so far, also when stopping
             if worker.is_cancelled:
                 raise _Cancelled
-            self.post_message(BenchProgress(task, done, total))
 
         def job() -> str:
             store = Store(workspace)  # this thread's own connection
+            engine = Locked(self.app.engine, self.app.engine_lock, "generate_many")  # the lab scores between batches
+            bench_id = bench.bench_of(store, engine)
             try:
-                engine = Locked(self.app.engine, self.app.engine_lock, "generate_many")  # the lab scores between batches
-                bench_id, figures = bench.run(store, engine, tasks, limit, progress=progress)
+                _, figures = bench.run(store, engine, tasks, limit, progress=progress)
+            except _Cancelled:  # what it answered is stored: shown, marked as the part it is
+                self.post_message(BenchResult(bench_id, bench.stored_figures(store, bench_id), stopped=True))
+                raise
             finally:
                 store.close()
             self.post_message(BenchResult(bench_id, figures))
@@ -260,15 +299,27 @@ pairs two policies' answers.
 
     def on_bench_progress(self, message: BenchProgress) -> None:
         self.query_one("#eval-progress", ProgressBar).update(total=message.total, progress=message.done)
-        self.query_one("#eval-progress-label", Label).update(f"{message.task}: {message.done}/{message.total}")
+        if self.bench_clock is None or self.bench_clock[0] != message.task:
+            self.bench_clock = (message.task, time.monotonic(), message.done)
+        task, began, first = self.bench_clock
+        left = ""
+        if message.done > first:  # the time left at the pace of this run's answers so far
+            per_item = (time.monotonic() - began) / (message.done - first)
+            left = f" · {format_seconds(per_item * (message.total - message.done))} left"
+        self.query_one("#eval-progress-label", Label).update(f"{task}: {message.done}/{message.total}{left}")
 
     def on_bench_result(self, message: BenchResult) -> None:
-        from ipo_tui.evaluation.bench import figure_rows
+        from ipo_tui.evaluation.bench import figure_rows, shortfall
 
         table = self.query_one("#bench-table", DataTable)
         table.clear()
         for task, name, value, low, high, n in figure_rows(message.figures):
-            table.add_row(task, name, f"{value:.3f}", f"{low:.2f}–{high:.2f}", str(n))
+            gap = shortfall(message.figures[task])
+            asked = gap.replace(" of ", "/") if gap and not name.startswith("inst") else str(n)
+            table.add_row(task, name, f"{value:.3f}", f"{low:.2f}–{high:.2f}", Text(asked, style="yellow" if gap else ""))
+        if message.stopped:
+            gaps = [f"{task} {gap} items" for task, values in message.figures.items() if (gap := shortfall(values))]
+            self.stopped_note = f"{message.bench_id} stopped: {', '.join(gaps) or 'no item'} answered, kept (ctrl+b goes on)"
 
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
     def eval_worker(self, source: str, limit: int | None, judges: tuple[str, ...]) -> None:
@@ -327,12 +378,15 @@ pairs two policies' answers.
 
     def on_eval_done(self, message: EvalDone) -> None:
         self.running = False
+        bar = self.query_one("#eval-progress", ProgressBar)
+        if bar.total is None:  # an indeterminate bar animates: one that ended before any count stays still
+            bar.update(total=1, progress=0)
         if message.error:
             self.error(message.error, "evaluation")
             self.query_one("#eval-progress-label", Label).update("failed")
             return
         if message.cancelled:
-            self.set_status("evaluation stopped", "yellow")
+            self.set_status(self.stopped_note or "evaluation stopped", "yellow")
             self.query_one("#eval-progress-label", Label).update("stopped")
             return
         self.set_status(message.summary or self.summary(), "green")

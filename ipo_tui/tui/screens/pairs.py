@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static, TextArea
 from ipo_tui.errors import IpoError
 from ipo_tui.evaluation.stats import wilson
 from ipo_tui.judge.scoring import score_label, shown
-from ipo_tui.tui.screens.base import ModeScreen, one_line
+from ipo_tui.tui.screens.base import ModeScreen, count, one_line
 from ipo_tui.workspace.store import PAIR_STATUSES, TRAINED_STATUSES
 
 STATUS_STYLE = {"proposed": "yellow", "accepted": "green", "rejected": "red", "edited": "cyan"}
@@ -272,7 +272,7 @@ to the workspace at once; `u` takes the last one back.
         trained = sum(counts[s] for s in TRAINED_STATUSES)
         parts = " · ".join(f"{n} {s}" for s, n in counts.items() if n)
         order = "descending" if self.sort_reverse else "ascending"
-        self.set_status(f"{len(self.rows)} pairs shown{': ' + parts if parts else ''} · {trained} train ({TRAINED})"
+        self.set_status(f"{count(len(self.rows), 'pair')} shown{': ' + parts if parts else ''} · {trained} train ({TRAINED})"
                         f" · sorted by {self.labels[self.sort_key]} {order}")
 
     def current_id(self) -> int | None:
@@ -446,8 +446,8 @@ to the workspace at once; `u` takes the last one back.
         except OSError as exc:
             self.error(f"cannot write {path}: {exc.strerror or exc}", "export")
             return
-        self.set_status(f"wrote {len(rows)} pairs ({', '.join(statuses)}) to {path}", "green")
-        self.notify(f"wrote {len(rows)} pairs to {path}", title="export")
+        self.set_status(f"wrote {count(len(rows), 'pair')} ({', '.join(statuses)}) to {path}", "green")
+        self.notify(f"wrote {count(len(rows), 'pair')} to {path}", title="export")
 
 
 class ConfirmScreen(ModalScreen[bool]):
