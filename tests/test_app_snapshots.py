@@ -1,5 +1,5 @@
-"""Snapshots of every screen at 120x40 (pytest-textual-snapshot), on a fake engine and fixed data,
-so they are the same on every machine. Update with `pytest tests/test_app_snapshots.py --snapshot-update`."""
+"""Snapshots of every screen at 120x40 and at 80x24, the smallest terminal the app is made for
+(pytest-textual-snapshot), on a fake engine and fixed data, so they are the same on every machine. Update with `pytest tests/test_app_snapshots.py --snapshot-update`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from ipo_tui.tui.screens import model as model_screen
 from ipo_tui.workspace import store as store_module
 from ipo_tui.workspace.store import Store
 
-SIZE = (120, 40)
 STAMP = "2026-01-02T03:04:05+00:00"
+
+
+@pytest.fixture(params=[(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def size(request):
+    return request.param
 
 
 @pytest.fixture
@@ -79,11 +83,11 @@ def seed_run(tmp_path) -> None:
     store.close()
 
 
-def test_model_screen(workspace, snap_compare):
-    assert snap_compare(make_app(workspace, start="model"), terminal_size=SIZE, run_before=steady)
+def test_model_screen(workspace, size, snap_compare):
+    assert snap_compare(make_app(workspace, start="model"), terminal_size=size, run_before=steady)
 
 
-def test_lab_screen(workspace, snap_compare):
+def test_lab_screen(workspace, size, snap_compare):
     async def type_text(pilot):
         screen = pilot.app.screen
         screen.query_one("#instruction").load_text("What is 12 + 30?")
@@ -93,10 +97,10 @@ def test_lab_screen(workspace, snap_compare):
         await settle(pilot)
         steady(pilot)
 
-    assert snap_compare(make_app(workspace), terminal_size=SIZE, run_before=type_text)
+    assert snap_compare(make_app(workspace), terminal_size=size, run_before=type_text)
 
 
-def test_lab_screen_low_mass_and_template_error(workspace, snap_compare):
+def test_lab_screen_low_mass_and_template_error(workspace, size, snap_compare):
     async def break_template(pilot):
         screen = pilot.app.screen
         pilot.app.judge.min_mass = 0.5  # every fake score is below it: the warning shows
@@ -108,26 +112,26 @@ def test_lab_screen_low_mass_and_template_error(workspace, snap_compare):
         await settle(pilot)
         steady(pilot)
 
-    assert snap_compare(make_app(workspace), terminal_size=SIZE, run_before=break_template)
+    assert snap_compare(make_app(workspace), terminal_size=size, run_before=break_template)
 
 
-def test_pairs_screen(workspace, snap_compare):
+def test_pairs_screen(workspace, size, snap_compare):
     store = Store(workspace / "ws.sqlite")
     ids = seed_pairs(store)
     store.set_pair_status(ids[1], "accepted")
     store.set_pair_status(ids[3], "rejected")
     store.close()
-    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, run_before=steady)
+    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=size, run_before=steady)
 
 
-def test_pair_detail(workspace, snap_compare):
+def test_pair_detail(workspace, size, snap_compare):
     store = Store(workspace / "ws.sqlite")
     seed_pairs(store)
     store.close()
-    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, run_before=pressing("down", "enter"))
+    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=size, run_before=pressing("down", "enter"))
 
 
-def test_eval_screen(workspace, snap_compare):
+def test_eval_screen(workspace, size, snap_compare):
     write_eval_file(workspace / "pairs.jsonl")
 
     async def evaluate(pilot):
@@ -136,18 +140,18 @@ def test_eval_screen(workspace, snap_compare):
         steady(pilot)
 
     app = make_app(workspace, start="eval", eval_file="pairs.jsonl")
-    assert snap_compare(app, terminal_size=SIZE, run_before=evaluate)
+    assert snap_compare(app, terminal_size=size, run_before=evaluate)
 
 
-def test_train_screen(workspace, snap_compare):
+def test_train_screen(workspace, size, snap_compare):
     seed_run(workspace)
-    assert snap_compare(make_app(workspace, start="train"), terminal_size=SIZE, run_before=settle)
+    assert snap_compare(make_app(workspace, start="train"), terminal_size=size, run_before=settle)
 
 
-def test_runs_screen(workspace, snap_compare):
+def test_runs_screen(workspace, size, snap_compare):
     seed_run(workspace)
-    assert snap_compare(make_app(workspace, start="runs"), terminal_size=SIZE, run_before=settle)
+    assert snap_compare(make_app(workspace, start="runs"), terminal_size=size, run_before=settle)
 
 
-def test_help_screen(workspace, snap_compare):
-    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=SIZE, run_before=pressing("f1"))
+def test_help_screen(workspace, size, snap_compare):
+    assert snap_compare(make_app(workspace, start="pairs"), terminal_size=size, run_before=pressing("f1"))
