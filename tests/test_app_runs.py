@@ -241,3 +241,13 @@ async def test_a_benchmark_of_all_items_says_so_and_a_stopped_one_is_marked(tmp_
         assert screen.query_one("#eval-progress").progress == 1
     listed = CliRunner().invoke(cli, ["bench", "list", "-w", str(tmp_path / "ws.sqlite")], env={"COLUMNS": "200"})
     assert "1 of 541 asked: incomplete" in listed.output, listed.output
+
+
+@pytest.mark.parametrize("typed", ["", "  ", "0", "-3", "ten"])
+async def test_a_limit_is_a_number_or_all_never_silently_everything(typed):
+    from ipo_tui.errors import IpoError
+    from ipo_tui.tui.screens.evaluation import parse_limit
+
+    with pytest.raises(IpoError, match="give a number of items"):
+        parse_limit(typed)
+    assert parse_limit(" All ") is None and parse_limit("2") == 2

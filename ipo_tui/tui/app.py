@@ -94,6 +94,9 @@ class IpoApp(App):
         """`engine` is an already loaded backend to use (tests share one; the app never closes it);
         otherwise `model` (default: the embedded one) is loaded on `backend` at start when
         `autoload`. `start` names the first screen."""
+        # the first screen is the app's first mode, read by App.__init__: a switch after mounting
+        # sometimes left the terminal blank until the next screen change
+        self.DEFAULT_MODE = start if start in self.MODES else "lab"
         super().__init__()
         from ipo_tui.config import load_config
 
@@ -106,7 +109,6 @@ class IpoApp(App):
         self.model_spec = model
         self.backend_name = backend or "auto"
         backends.choose(self.backend_name, None)  # an unknown name is refused here, in one line
-        self.start_mode = start if start in self.MODES else "lab"
         self.eval_file = eval_file
         self.browse_root = browse_root
         self.autoload = autoload and engine is None
@@ -179,8 +181,6 @@ class IpoApp(App):
         self._close_on_stop_signals()
         for error in self.startup_errors:
             self.notify(error, title="config", severity="error", timeout=10)
-        if self.start_mode != self.current_mode:
-            self.switch_mode(self.start_mode)
         if self.autoload:
             try:
                 from ipo_tui.backends import weights

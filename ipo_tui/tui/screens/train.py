@@ -329,6 +329,8 @@ accuracy takes the charts' place.
                  "interrupted": "bold red", "stopped": "bold cyan", "waiting": "bold magenta"}.get(run.status, "bold")
         title.update(Text.assemble((run.id, "bold"), f" · {run.kind} · ", (run.status, style), (self.about(), "dim")))
         done, total = self.counts()
+        if run.status == "completed":  # a loop's last stage has no count: full, not an endless pulse
+            done, total = 1, 1
         bar.update(total=total or None, progress=done)
         self.query_one("#run-speed", Static).update(self.speed_line())
         self.query_one("#run-summary", Static).update(summary(self.metrics, self.trained_kind()))
