@@ -25,20 +25,24 @@ def status(screen) -> str:
     return str(screen.query_one("#status").render())
 
 
-async def scored(pilot) -> None:
-    """Wait until the bars show the latest edit (once the edits' messages are handled)."""
+async def scored(pilot, before: int | None = None) -> None:
+    """Wait until the bars show the latest edit (once the edits' messages are handled): with `before`
+    (the version before the edit), until the edit itself has been seen, however slow the machine."""
     screen = pilot.app.screen
     await pilot.pause()
+    if before is not None:
+        await wait_for(pilot, lambda: screen.version > before)
     await wait_for(pilot, lambda: screen.scored_version == screen.version and screen._timer is None)
 
 
 async def fill(pilot, instruction: str, *candidates: str) -> None:
     """The instruction and the first boxes' texts, as typed (load_text: one edit each), then scored."""
     screen = pilot.app.screen
+    before = screen.version
     screen.query_one("#instruction").load_text(instruction)
     for card, text in zip(screen.cards, candidates):
         card.editor.load_text(text)
-    await scored(pilot)
+    await scored(pilot, before)
 
 
 async def generate(pilot, n: int) -> None:
@@ -156,9 +160,9 @@ async def test_template_edits_are_the_labs_own(tmp_path):
         await fill(pilot, "Say hi.", "hello", "bye")
         before = [c.judgement.score for c in screen.cards[:2]]
 
+        version = screen.version
         screen.query_one("#tpl-user").load_text("Request: {instruction}\nReply: {response}\nGood? Yes or No.")
-        await pilot.pause(0.05)
-        await scored(pilot)
+        await scored(pilot, version)
         assert app.judge is judge and app.judge.id == loaded_id  # the other screens' judge is untouched
         assert screen.scored_judge.id != loaded_id  # the lab scores (and saves) under its own
         assert [c.judgement.score for c in screen.cards[:2]] != before
@@ -166,8 +170,7 @@ async def test_template_edits_are_the_labs_own(tmp_path):
         assert any(b.action == "reset_templates" for _, b, enabled, _ in screen.active_bindings.values() if enabled)
 
         screen.query_one("#tpl-user").load_text("Is this good? {response}")  # no {instruction}
-        await pilot.pause(0.5)
-        assert all("stale" in str(c.bar.render()) for c in screen.cards[:2])
+        await wait_for(pilot, lambda: all("stale" in str(c.bar.render()) for c in screen.cards[:2]))
         await pilot.press("ctrl+s")
         assert "template is invalid" in status(screen)
 

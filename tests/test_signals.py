@@ -254,7 +254,10 @@ def test_the_app_closes_when_its_terminal_closes_or_it_is_stopped(user_dirs, tmp
     args = [sys.executable, "-c", SUPERVISED, "tui", "--workspace", str(tmp_path / "ws.sqlite"), "--start", "pairs"]
     pid, terminal = pty.fork()
     if pid == 0:  # the child: the session leader, the pseudo-terminal its controlling one
-        os.execve(sys.executable, args, env_of(user_dirs))
+        try:
+            os.execve(sys.executable, args, env_of(user_dirs))
+        finally:
+            os._exit(127)  # never run on as a second pytest
     drawn = bytearray()
 
     def read_screen() -> bytes:
@@ -278,10 +281,11 @@ def test_the_app_closes_when_its_terminal_closes_or_it_is_stopped(user_dirs, tmp
             os.kill(pid, signal.SIGTERM)
         else:
             os.close(terminal)
+            terminal = -1
         wait_for(exited, 60, f"ipo tui to close after {how}")
         assert os.waitstatus_to_exitcode(ended[0]) == status
     finally:
-        with contextlib.suppress(OSError):
+        if terminal >= 0:
             os.close(terminal)
         if not ended:
             os.kill(pid, signal.SIGKILL)

@@ -538,3 +538,37 @@ def test_a_foreign_database_is_refused_unchanged(tmp_path, version):
                                        r"notes\); nothing was changed; pass another --workspace$"):
         Store(path)
     assert _digest(path) == before and sorted(os.listdir(tmp_path)) == ["notes.sqlite"]
+
+
+def test_a_lab_pair_saved_again_under_another_category_is_listed_once(store):
+    from ipo_tui.loop.stages import LAB_SET
+
+    for template, score in (("chat", 0.9), ("math", 0.4)):  # ctrl+t changed the category, then ctrl+s
+        rows = [("typed", "", i, 0, text, Judgement(response=text, score=s, mass=0.5, category=template,
+                                                     template=template, low_mass=False, probability=True))
+                for i, (text, s) in enumerate((("a", score), ("b", -score)))]
+        store.save_chosen_pair(LAB_SET, "Name a colour.", template, "m", {}, rows, 0, 1, 2 * score)
+    [pair] = store.pairs()
+    assert pair["score_chosen"] == pytest.approx(0.4) and [r["pairs"] for r in store.curation_counts()] == [1]
+
+
+def test_accepting_after_a_reject_of_a_swapped_pair_still_records_the_swap(store):
+    pair = _one_pair(store)
+    store.swap_pair([pair["id"]])
+    store.set_pair_status(pair["id"], "rejected")
+    store.set_pair_status(pair["id"], "accepted")
+    assert (store.pairs()[0]["status"], store.pairs()[0]["curation"]) == ("edited", "swap")
+    with pytest.raises(IpoError, match="no pair with id 99"):
+        store.swap_pair([pair["id"], 99])
+    assert store.pairs()[0]["chosen"] == "bad"  # all or nothing
+
+
+def test_a_new_proposal_drops_the_history_of_the_pair_it_replaces(store):
+    pair = _one_pair(store)
+    store.set_pair_status(pair["id"], "accepted")
+    store.reset_pairs(pair["id"])
+    [prompt] = store.prompts("s")
+    store.add_candidates(prompt["id"], "m", "", {}, [(2, 2, "best")])
+    best = [c for c in store.candidates(prompt["id"]) if c["text"] == "best"][0]
+    store.propose_pair(prompt["id"], "m", best["id"], store.candidates(prompt["id"])[1]["id"], 0.9, "code")
+    assert store.undo_curation() is None and store.pairs()[0]["chosen"] == "best"

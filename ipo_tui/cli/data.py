@@ -414,8 +414,8 @@ def pairs_stats(
 
 def _mark(status: str, ids: list[int], min_margin: float | None, workspace) -> None:
     store = open_store(workspace)
-    bulk = ([r["id"] for r in store.pairs(("proposed",)) if r["margin"] is not None and r["margin"] >= min_margin]
-            if min_margin is not None else [])
+    bulk = ([r["id"] for r in store.pairs(("proposed",)) if r["margin"] is not None and r["margin"] >= min_margin
+             and r["id"] not in ids] if min_margin is not None else [])  # a named pair keeps the person's check
     if not ids and not bulk:
         raise IpoError("name pair ids (see `ipo pairs list`) or give --min-margin")
     if ids:
@@ -444,10 +444,8 @@ def pairs_reject(ids: list[int] = typer.Argument(..., help="Pair ids."), workspa
 @pairs_app.command("swap")
 def pairs_swap(ids: list[int] = typer.Argument(..., help="Pair ids."), workspace: Path | None = WorkspaceOpt) -> None:
     """The judge had it backwards: chosen and rejected trade places, and the pair is `edited` (it trains)."""
-    store = open_store(workspace)
-    for pair_id in ids:
-        store.swap_pair(pair_id)
-    out.print(f"swapped {counted(len(ids), 'pair')}; take the last one back with `ipo pairs undo`")
+    open_store(workspace).swap_pair(ids)
+    out.print(f"swapped {counted(len(ids), 'pair')}; take it back with `ipo pairs undo`")
 
 
 @pairs_app.command("reset")

@@ -103,7 +103,9 @@ MIGRATIONS = [
       AND EXISTS (SELECT 1 FROM judgements WHERE candidate_id = pairs.rejected_id AND judge = pairs.judge);
     """,
     # curation a person can take back: each pair keeps the judge's own proposal (back to proposed
-    # restores it) and its category (the judge's routing, which an edit keeps); a margin may be
+    # restores it; for a pair a person acted on, the order of its two scores says which way the
+    # judge had it; an edited reply's original text is not known, so its pair resets to the edit)
+    # and its category (the judge's routing, which an edit keeps); a margin may be
     # unknown (an edited side its judge has not scored); curation_log holds each pair's state before
     # every curation action, grouped by action, so the last action undoes as a whole
     """
@@ -125,10 +127,19 @@ MIGRATIONS = [
     SELECT pr.id, pr.prompt_id, pr.chosen_id, pr.rejected_id, pr.judge, pr.margin, pr.status, pr.updated_at, pr.curation,
         COALESCE((SELECT category FROM judgements WHERE candidate_id = pr.chosen_id AND judge = pr.judge LIMIT 1),
                  (SELECT category FROM judgements WHERE candidate_id = pr.rejected_id AND judge = pr.judge LIMIT 1)),
-        CASE pr.curation WHEN 'swap' THEN pr.rejected_id ELSE pr.chosen_id END,
-        CASE pr.curation WHEN 'swap' THEN pr.chosen_id ELSE pr.rejected_id END,
-        CASE pr.curation WHEN 'swap' THEN -pr.margin ELSE pr.margin END
-    FROM pairs pr;
+        CASE WHEN swapped THEN pr.rejected_id ELSE pr.chosen_id END,
+        CASE WHEN swapped THEN pr.chosen_id ELSE pr.rejected_id END,
+        CASE WHEN swapped THEN -pr.margin ELSE pr.margin END
+    FROM (SELECT pr.*, CASE
+            WHEN pr.curation IS NULL THEN 0
+            WHEN sc IS NOT NULL AND sr IS NOT NULL THEN sc < sr
+            ELSE pr.curation = 'swap' END AS swapped
+          FROM (SELECT p0.*,
+                  (SELECT logit_margin FROM judgements WHERE candidate_id = p0.chosen_id AND judge = p0.judge
+                   ORDER BY id DESC LIMIT 1) AS sc,
+                  (SELECT logit_margin FROM judgements WHERE candidate_id = p0.rejected_id AND judge = p0.judge
+                   ORDER BY id DESC LIMIT 1) AS sr
+                FROM pairs p0) pr) pr;
     DROP TABLE pairs;
     ALTER TABLE pairs_new RENAME TO pairs;
     CREATE TABLE curation_log (
@@ -452,6 +463,9 @@ class Store:
         """Propose (chosen, rejected) for a prompt, in the judge's `category`; a pair a person already
         curated is left as it is."""
         with self.transaction() as db:
+            # a proposed pair the judge proposes anew: its older actions would undo to sides it no longer has
+            db.execute("DELETE FROM curation_log WHERE pair_id IN (SELECT id FROM pairs WHERE prompt_id = ? "
+                       "AND judge = ? AND status = 'proposed')", (prompt_id, judge))
             db.execute(
                 "INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, updated_at, category, "
                 "judge_chosen_id, judge_rejected_id, judge_margin) VALUES (?, ?, ?, ?, ?, 'proposed', ?, ?, ?, ?, ?) "
@@ -478,16 +492,19 @@ class Store:
             db.executemany(
                 "UPDATE pairs SET status = CASE WHEN ? = 'accepted' AND (chosen_id <> judge_chosen_id "
                 "OR rejected_id <> judge_rejected_id) THEN 'edited' ELSE ? END, curation = CASE WHEN ? = 'accepted' "
-                "AND (chosen_id <> judge_chosen_id OR rejected_id <> judge_rejected_id) THEN curation ELSE ? END, "
-                "updated_at = ? WHERE id = ?", [(status, status, status, curation, now(), i) for i in ids])
+                "AND (chosen_id <> judge_chosen_id OR rejected_id <> judge_rejected_id) THEN (CASE WHEN "
+                "chosen_id = judge_rejected_id AND rejected_id = judge_chosen_id THEN 'swap' ELSE 'edit' END) "
+                "ELSE ? END, updated_at = ? WHERE id = ?", [(status, status, status, curation, now(), i) for i in ids])
 
-    def swap_pair(self, pair_id: int) -> None:
+    def swap_pair(self, pair_ids: int | list[int]) -> None:
         """A person says the judge had it backwards: chosen and rejected trade places, and the margin
-        (the judge's score of the new chosen minus the new rejected) turns negative."""
+        (the judge's score of the new chosen minus the new rejected) turns negative. Several pairs:
+        all of them, or none if an id is unknown."""
+        ids = [pair_ids] if isinstance(pair_ids, int) else list(pair_ids)
         with self.transaction() as db:
-            self._log_curation(db, f"swap of {_count([pair_id])}", [pair_id])
-            db.execute("UPDATE pairs SET chosen_id = rejected_id, rejected_id = chosen_id, margin = -margin, "
-                       "status = 'edited', curation = 'swap', updated_at = ? WHERE id = ?", (now(), pair_id))
+            self._log_curation(db, f"swap of {_count(ids)}", ids)
+            db.executemany("UPDATE pairs SET chosen_id = rejected_id, rejected_id = chosen_id, margin = -margin, "
+                           "status = 'edited', curation = 'swap', updated_at = ? WHERE id = ?", [(now(), i) for i in ids])
 
     def edit_pair(self, pair_id: int, chosen: str | None = None, rejected: str | None = None,
                   judgements: dict | None = None) -> None:
@@ -566,8 +583,13 @@ class Store:
             db.execute("INSERT OR IGNORE INTO judges (id, settings, created_at) VALUES (?, ?, ?)",
                        (judge, json.dumps(settings, sort_keys=True), now()))
             ids = [self._lab_candidate(db, prompt_id, c) for c in candidates]
+            # a candidate saved again under another category's template: its old score goes, so the
+            # pair reads one score a side
+            db.executemany("DELETE FROM judgements WHERE candidate_id = ? AND judge = ?", [(i, judge) for i in ids])
             db.executemany(_INSERT_JUDGEMENT, [_judgement_row(i, judge, c[5], now()) for i, c in zip(ids, candidates)])
             known = db.execute("SELECT id FROM pairs WHERE prompt_id = ? AND judge = ?", (prompt_id, judge)).fetchone()
+            if known:  # the person's new pick replaces the pair: its older actions no longer undo
+                db.execute("DELETE FROM curation_log WHERE pair_id = ?", (known["id"],))
             pair = (prompt_id, ids[best], ids[worst], judge, margin, now(), category, ids[best], ids[worst], margin)
             pair_id = db.execute(
                 "INSERT INTO pairs (prompt_id, chosen_id, rejected_id, judge, margin, status, curation, updated_at, "
@@ -625,8 +647,10 @@ class Store:
             "COALESCE(pr.category, jc.category, jr.category, p.category) AS category "
             "FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id JOIN prompt_sets s ON s.id = p.set_id "
             "JOIN candidates ch ON ch.id = pr.chosen_id JOIN candidates rj ON rj.id = pr.rejected_id "
-            "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "
-            "LEFT JOIN judgements jr ON jr.candidate_id = pr.rejected_id AND jr.judge = pr.judge "
+            "LEFT JOIN judgements jc ON jc.id = (SELECT MAX(id) FROM judgements "
+            "  WHERE candidate_id = pr.chosen_id AND judge = pr.judge) "
+            "LEFT JOIN judgements jr ON jr.id = (SELECT MAX(id) FROM judgements "
+            "  WHERE candidate_id = pr.rejected_id AND judge = pr.judge) "
             f"WHERE pr.status IN ({','.join('?' * len(statuses))})"
         )
         args: list = list(statuses)
@@ -643,7 +667,8 @@ class Store:
             "SELECT pr.judge, jd.settings, COALESCE(pr.category, jc.category, p.category, '') AS pair_category, pr.curation, "
             "COUNT(*) AS pairs FROM pairs pr JOIN prompts p ON p.id = pr.prompt_id "
             "LEFT JOIN judges jd ON jd.id = pr.judge "
-            "LEFT JOIN judgements jc ON jc.candidate_id = pr.chosen_id AND jc.judge = pr.judge "
+            "LEFT JOIN judgements jc ON jc.id = (SELECT MAX(id) FROM judgements "
+            "  WHERE candidate_id = pr.chosen_id AND judge = pr.judge) "
             "WHERE pr.curation IS NOT NULL GROUP BY pr.judge, pair_category, pr.curation ORDER BY pr.judge, pair_category"
         ).fetchall()
 
