@@ -109,13 +109,17 @@ def test_backend_auto_is_one_rule():
 
 
 def test_tui_opens_the_embedded_model_on_llamacpp_as_every_command_does(app_opened, tmp_path):
+    """The app gets the person's choice and resolves it by the one rule (so that "auto" still holds
+    for a model picked later on its Model screen): the embedded GGUF on llama.cpp, not hf (40 s
+    converting)."""
     assert runner.invoke(app, ["tui"]).exit_code == 0
-    assert app_opened[-1]["backend"] == "llamacpp"  # was None, which the app read as hf: 40 s converting
+    chosen = app_opened[-1]["backend"]
+    assert chosen == "auto" and backends.choose(chosen, weights.resolve(None)) == "llamacpp"
     folder = tmp_path / "hf-model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     assert runner.invoke(app, ["tui", "-m", str(folder)]).exit_code == 0
-    assert app_opened[-1]["backend"] == "hf"
+    assert backends.choose(app_opened[-1]["backend"], weights.resolve(str(folder))) == "hf"
     assert "llamacpp for GGUF files, else hf" in runner.invoke(app, ["tui", "--help"], env={"COLUMNS": "200"}).stdout
 
 

@@ -64,7 +64,7 @@ def test_build_export_and_trl_accepts(user_dirs, prompt_set, tmp_path):
         n_pairs = db.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
     assert n_pairs >= 4
     out = tmp_path / "pairs.jsonl"
-    ipo("pairs", "export", "--format", "trl", "--out", str(out), env_dirs=user_dirs)
+    ipo("pairs", "export", "--format", "trl", "--status", "proposed", "--out", str(out), env_dirs=user_dirs)
 
     from datasets import load_dataset
 
@@ -75,7 +75,7 @@ def test_build_export_and_trl_accepts(user_dirs, prompt_set, tmp_path):
 
     bad = ipo("pairs", "reject", "1", "99999", env_dirs=user_dirs, check=False)
     assert bad.returncode == 1 and "no pair with id 99999; nothing was changed" in bad.stderr
-    assert f"accepted {n_pairs} pair(s)" in ipo("pairs", "accept", "--min-margin", "0", env_dirs=user_dirs).stdout
+    assert f"accepted {n_pairs} pairs" in ipo("pairs", "accept", "--min-margin", "0", env_dirs=user_dirs).stdout
     with sqlite3.connect(prompt_set) as db:
         assert db.execute("SELECT DISTINCT status FROM pairs").fetchall() == [("accepted",)]
 
