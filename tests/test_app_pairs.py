@@ -311,3 +311,31 @@ async def test_footer_and_help_say_what_the_keys_do(tmp_path):
         for binding in detail.BINDINGS:
             if binding.show:
                 assert f"{binding.key} " in keys, binding.key
+
+
+@pytest.mark.asyncio
+async def test_curating_far_down_a_long_list_keeps_the_view_where_it_was(tmp_path):
+    """The table is refilled after each action: the view used to jump back to the top, leaving the
+    next pair at the bottom edge."""
+    store = Store(tmp_path / "ws.sqlite")
+    store.add_prompt_set("long", "tests", [{"text": f"Question {i}?"} for i in range(60)])
+    for prompt in store.prompts("long"):
+        store.add_candidates(prompt["id"], "fake-model", "", {}, [(0, 0, "good"), (1, 1, "bad")])
+        good, bad = store.candidates(prompt["id"])
+        store.add_judgements("fake-model", [(good["id"], judgement("good", 0.7, "chat")),
+                                            (bad["id"], judgement("bad", 0.3, "chat"))])
+        store.propose_pair(prompt["id"], "fake-model", good["id"], bad["id"], 2.0, "chat")
+    store.close()
+    async with make_app(tmp_path).run_test(size=SMALL) as pilot:
+        screen = pilot.app.screen
+        table = screen.query_one("DataTable")
+        screen.query_one("#status-filter").value = "proposed"  # how a curator works: the accepted pair leaves
+        await pilot.pause()
+        table.focus()
+        table.move_cursor(row=40)
+        await wait_for(pilot, lambda: table.scroll_y > 20)
+        before = table.scroll_y
+        await pilot.press("a")
+        await wait_for(pilot, lambda: table.row_count == 59)
+        await pilot.pause()
+        assert table.cursor_row == 40 and table.scroll_y >= before - 1  # the view stays on the next pair
