@@ -353,7 +353,7 @@ def pairs_list(
     import json
 
     from ipo_tui.judge.scoring import score_label, shown
-    from ipo_tui.workspace.store import PAIR_STATUSES
+    from ipo_tui.workspace.store import PAIR_STATUSES, curation_status
 
     rows = open_store(workspace).pairs(tuple(status) or PAIR_STATUSES)
     if as_json:
@@ -365,18 +365,13 @@ def pairs_list(
     label = score_label(r["probability"] for r in rows)
     table = Table("id", "status", "margin", f"chosen {label}", f"rejected {label}", "category", "prompt")
     for r in rows:
-        table.add_row(str(r["id"]), _status(r), cell(r["margin"], "+.2f"), cell(shown(r["score_chosen"], label == "p'yes")),
+        table.add_row(str(r["id"]), curation_status(r), cell(r["margin"], "+.2f"), cell(shown(r["score_chosen"], label == "p'yes")),
                       cell(shown(r["score_rejected"], label == "p'yes")), cell(r["category"]),
                       " ".join(r["prompt"].split())[:60])
     out.print(table)
     out.print("margin: the chosen reply's score minus the rejected one's, in log-odds (below 0 after a swap: "
               "you overruled the judge; – where an edited reply is not scored; pairs by `longer`: characters; "
               "by `random`: 0)", style="dim")
-
-
-def _status(row) -> str:
-    """A pair's status, with the swap or edit that made it `edited`."""
-    return f"{row['status']} ({row['curation']})" if row["status"] == "edited" and row["curation"] else row["status"]
 
 
 @pairs_app.command("stats")

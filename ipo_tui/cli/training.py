@@ -282,11 +282,14 @@ def loop(
     stop = stopping.REQUEST  # a stop lost in a finalizer is raised again at the next step
     with says_when_stopped(resume_id, f"continue with `ipo loop --resume {resume_id}`"), bar:
         record = loops.run(store, resume_id, stop.checked(event), stop.checked(progress),
-                           stop.checked(train_progress), **moved,
-                           # not checked: it speaks during the stop, while the trainer saves
-                           on_stopping=lambda r: bar.update(bar.task_ids[0], description=(
-                               f"stopping: {r.id} finishes its step and saves a checkpoint")))
+                           stop.checked(train_progress), **moved, on_stopping=_says_stopping(bar))
     show_loop(store, record)
+
+
+def _says_stopping(bar):
+    """The loop bar's line while a stop waits for the trainer's checkpoint (not stop-checked: it
+    speaks during the stop)."""
+    return lambda run: bar.update(bar.task_ids[0], description=f"stopping: {run.id} finishes its step and saves a checkpoint")
 
 
 def show_loop(store, record: dict) -> None:

@@ -177,6 +177,11 @@ def _judgement_row(candidate_id: int, judge: str, j, stamp: str) -> tuple:
     return (candidate_id, judge, j.template, j.category, j.p_yes, j.mass, j.score, int(j.probability), stamp)
 
 
+def curation_status(row) -> str:
+    """A pair's status as a person reads it: `edited` names the swap or edit that made it so."""
+    return f"{row['status']} ({row['curation']})" if row["status"] == "edited" and row["curation"] else row["status"]
+
+
 def _count(pair_ids: list[int]) -> str:
     return f"pair {pair_ids[0]}" if len(pair_ids) == 1 else f"{len(pair_ids)} pairs"
 
@@ -387,13 +392,20 @@ class Store:
     def add_prompt(self, set_name: str, text: str, category: str | None = None, source: str = "added") -> int:
         """Append one prompt to a set (made if missing); returns its id."""
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM prompt_sets WHERE name = ?", (set_name,)).fetchone()
-            set_id = row["id"] if row else db.execute(
-                "INSERT INTO prompt_sets (name, source, created_at) VALUES (?, ?, ?)", (set_name, source, now())).lastrowid
-            position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM prompts WHERE set_id = ?",
-                                  (set_id,)).fetchone()[0]
-            return db.execute("INSERT INTO prompts (set_id, position, text, category, meta) VALUES (?, ?, ?, ?, '{}')",
-                              (set_id, position, text, category)).lastrowid
+            return self._append_prompt(db, self._set_id(db, set_name, source), text, category)
+
+    @staticmethod
+    def _set_id(db: sqlite3.Connection, name: str, source: str) -> int:
+        """The id of the prompt set `name`, made if missing."""
+        row = db.execute("SELECT id FROM prompt_sets WHERE name = ?", (name,)).fetchone()
+        return row["id"] if row else db.execute(
+            "INSERT INTO prompt_sets (name, source, created_at) VALUES (?, ?, ?)", (name, source, now())).lastrowid
+
+    @staticmethod
+    def _append_prompt(db: sqlite3.Connection, set_id: int, text: str, category: str | None) -> int:
+        position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM prompts WHERE set_id = ?", (set_id,)).fetchone()[0]
+        return db.execute("INSERT INTO prompts (set_id, position, text, category, meta) VALUES (?, ?, ?, ?, '{}')",
+                          (set_id, position, text, category)).lastrowid
 
     def prompt_sets(self) -> list[sqlite3.Row]:
         return self.db.execute(
@@ -602,18 +614,12 @@ class Store:
                 pair).fetchone()[0]
         return pair_id, known is None
 
-    @staticmethod
-    def _lab_prompt(db: sqlite3.Connection, set_name: str, text: str, category: str) -> int:
-        row = db.execute("SELECT id FROM prompt_sets WHERE name = ?", (set_name,)).fetchone()
-        set_id = row["id"] if row else db.execute(
-            "INSERT INTO prompt_sets (name, source, created_at) VALUES (?, 'score lab', ?)", (set_name, now())).lastrowid
+    def _lab_prompt(self, db: sqlite3.Connection, set_name: str, text: str, category: str) -> int:
+        """The prompt with this text in `set_name`, added if new."""
+        set_id = self._set_id(db, set_name, "score lab")
         found = db.execute("SELECT id FROM prompts WHERE set_id = ? AND text = ? ORDER BY id LIMIT 1",
                            (set_id, text)).fetchone()
-        if found:
-            return found["id"]
-        position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM prompts WHERE set_id = ?", (set_id,)).fetchone()[0]
-        return db.execute("INSERT INTO prompts (set_id, position, text, category, meta) VALUES (?, ?, ?, ?, '{}')",
-                          (set_id, position, text, category)).lastrowid
+        return found["id"] if found else self._append_prompt(db, set_id, text, category)
 
     @staticmethod
     def _lab_candidate(db: sqlite3.Connection, prompt_id: int, candidate: tuple) -> int:

@@ -24,7 +24,7 @@ from ipo_tui.errors import IpoError
 from ipo_tui.evaluation.stats import wilson
 from ipo_tui.judge.scoring import score_label, shown
 from ipo_tui.tui.screens.base import ModeScreen, count, one_line
-from ipo_tui.workspace.store import PAIR_STATUSES, TRAINED_STATUSES
+from ipo_tui.workspace.store import PAIR_STATUSES, TRAINED_STATUSES, curation_status
 
 STATUS_STYLE = {"proposed": "yellow", "accepted": "green", "rejected": "red", "edited": "cyan"}
 TRAINED = " + ".join(TRAINED_STATUSES)  # what training and export take by default, as the screens say it
@@ -66,9 +66,7 @@ def margin_text(margin: float | None) -> str:
 
 
 def status_text(row) -> Text:
-    """The status, with the swap or edit that made it `edited` (as `ipo pairs list` shows it)."""
-    action = f" ({row['curation']})" if row["status"] == "edited" and row["curation"] else ""
-    return Text(row["status"] + action, style=STATUS_STYLE.get(row["status"], ""))
+    return Text(curation_status(row), style=STATUS_STYLE.get(row["status"], ""))
 
 
 def judge_name(judge_id: str, engine) -> str:
